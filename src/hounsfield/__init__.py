@@ -1,0 +1,3 @@
+"""Hounsfield: an open medical-imaging AI platform (archive, AI platform, clinical layer)."""
+
+__version__ = "0.1.0"

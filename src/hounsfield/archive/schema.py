@@ -1,0 +1,6 @@
+"""Imports every module that defines tables, so Alembic and tests see the whole schema.
+
+Each feature package that adds tables adds one import line here.
+"""
+
+from hounsfield.archive import models  # noqa: F401

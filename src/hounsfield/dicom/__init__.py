@@ -1,0 +1,1 @@
+"""DICOM helpers shared by every stage: UIDs, value decoding, validators, transfer syntaxes."""

@@ -1,0 +1,76 @@
+"""DICOM JSON model (PS3.18 Annex F) for the index's per-instance metadata cache.
+
+Bulk data (binary VRs over a threshold) is left out and replaced by a *relative*
+``BulkDataURI`` of the form ``bulkdata/<tag>[/<item>/<tag>...]``.  The DICOMweb layer makes it
+absolute (``<base>/studies/<st>/series/<se>/instances/<sop>/bulkdata/...``) when it serves it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+
+BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+BULK_THRESHOLD = 1024
+
+
+def _walk(ds: Dataset, prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for elem in ds:
+        tag = f"{elem.tag:08X}"
+        if elem.tag.group == 0x0002 or elem.tag.element == 0x0000:
+            continue  # file meta and group lengths are not part of the JSON model
+        path = f"{prefix}{tag}"
+        if elem.VR == "SQ":
+            items = [_walk(item, f"{path}/{i}/") for i, item in enumerate(elem.value or [])]
+            out[tag] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+            continue
+        if elem.VR in BULK_VRS and _length(elem) > BULK_THRESHOLD:
+            out[tag] = {"vr": elem.VR, "BulkDataURI": f"bulkdata/{path}"}
+            continue
+        try:
+            out[tag] = elem.to_json_dict(bulk_data_element_handler=None, bulk_data_threshold=1 << 30)
+        except Exception:  # noqa: BLE001 - an odd value must not stop ingest; drop the value
+            out[tag] = {"vr": elem.VR if elem.VR in _JSON_VRS else "UN"}
+    return out
+
+
+_JSON_VRS = frozenset(
+    "AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR "
+    "US UT UV".split()
+)
+
+
+def _length(elem: DataElement) -> int:
+    v = elem.value
+    if v is None:
+        return 0
+    if isinstance(v, (bytes, bytearray)):
+        return len(v)
+    try:
+        return len(v)
+    except TypeError:
+        return 0
+
+
+def dataset_to_json(ds: Dataset) -> dict[str, Any]:
+    """The instance's DICOM JSON (PS3.18 F.2) without bulk data, ready to cache in the index."""
+    return _walk(ds, "")
+
+
+def resolve_bulkdata_path(ds: Dataset, path: str) -> DataElement:
+    """Find the element a relative bulk data path (``tag[/item/tag]...``) names.
+
+    Raises ``KeyError`` / ``IndexError`` / ``ValueError`` for paths that do not resolve, so a
+    caller can answer 404 rather than trusting the path.
+    """
+    parts = [p for p in path.split("/") if p]
+    if not parts or len(parts) % 2 == 0:
+        raise ValueError(f"bad bulk data path {path!r}")
+    current: Dataset = ds
+    for i in range(0, len(parts) - 1, 2):
+        seq = current[int(parts[i], 16)]
+        current = seq.value[int(parts[i + 1])]
+    return current[int(parts[-1], 16)]
