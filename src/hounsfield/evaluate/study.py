@@ -112,7 +112,7 @@ def _operating(m: Matching, thr: float, scan_positive: np.ndarray) -> dict[str, 
         "detected": int(detected.sum()),
         "sensitivity": _rate(detected.sum(), m.num_nodules),
         "false_negatives": int(m.num_nodules - detected.sum()),
-        "fn_per_100": (100.0 * (m.num_nodules - detected.sum()) / m.num_nodules
+        "fn_per_100": (float(100.0 * (m.num_nodules - detected.sum()) / m.num_nodules)
                        if m.num_nodules else None),
         "false_positives": n_fp,
         "fp_per_scan": n_fp / m.num_scans if m.num_scans else None,
