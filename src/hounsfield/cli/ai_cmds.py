@@ -172,14 +172,14 @@ def models_show(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="NAM
     with edge():
         reg = ModelRegistry(state(ctx).settings)
         mv = reg.resolve(ref)
-        t = Table(title=mv.ref, show_header=False)
-        t.add_row("bundle", str(reg.bundle_path(mv)))
-        t.add_row("mlflow run", mv.run_id)
+        # plain "key: value" lines: paths and hashes must not be cut to the terminal width
+        typer.echo(mv.ref)
+        typer.echo(f"  bundle: {reg.bundle_path(mv)}")
+        typer.echo(f"  mlflow run: {mv.run_id}")
         for k, v in sorted(mv.tags.items()):
-            t.add_row(k, v)
+            typer.echo(f"  {k}: {v}")
         for p in reg.reports(mv):
-            t.add_row("report", str(p))
-        console.print(t)
+            typer.echo(f"  report: {p}")
 
 
 def models_import(
