@@ -7,6 +7,7 @@ over N processes sees exactly the patches one process would (each rank takes eve
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def _cached(archive, row, plan: PreprocessPlan, cache_dir: Path | None) -> Volum
     vol = plan.apply(load_series(archive, uid))
     if cache_dir is not None:
         f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_suffix(".tmp.npz")
+        tmp = f.with_name(f"{f.stem}.{os.getpid()}.tmp.npz")
         np.savez(tmp, array=vol.array, spacing=np.array(vol.spacing), origin=np.array(vol.origin),
                  direction=vol.direction)
         tmp.replace(f)
