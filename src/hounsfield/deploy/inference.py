@@ -87,15 +87,35 @@ def sliding_window(net: torch.nn.Module, image: torch.Tensor, roi: tuple[int, in
     starts = list(itertools.product(*(_starts(full[k], roi[k], steps[k]) for k in range(3))))
     out = torch.zeros((out_channels, *full), dtype=torch.float32)
     count = torch.zeros((1, *full), dtype=torch.float32)
+    # a window whose input is one constant value (air outside the body, padding) gives the same
+    # output wherever it lies (the network is translation-equivariant inside a window): compute
+    # it once per value; exact, and it skips the network on much of a CT's field of view
+    constant: dict[float, torch.Tensor] = {}
+    todo = []
+    for z, y, x in starts:
+        w = image[:, z:z + roi[0], y:y + roi[1], x:x + roi[2]]
+        lo, hi = torch.aminmax(w)
+        if lo == hi:
+            todo.append(((z, y, x), float(lo)))
+        else:
+            todo.append(((z, y, x), None))
     with torch.inference_mode(), autocast(precision, dev):
-        for i in range(0, len(starts), batch_size):
-            chunk = starts[i:i + batch_size]
+        for val in {v for _s, v in todo if v is not None}:
+            probe = torch.full((1, 1, *roi), val, dtype=image.dtype, device=dev)
+            constant[val] = net(probe).float().cpu()[0]
+        work = [s for s, v in todo if v is None]
+        for i in range(0, len(work), batch_size):
+            chunk = work[i:i + batch_size]
             batch = torch.stack([image[:, z:z + roi[0], y:y + roi[1], x:x + roi[2]]
                                  for z, y, x in chunk]).to(dev)
             pred = net(batch).float().cpu()
             for (z, y, x), p in zip(chunk, pred):
                 out[:, z:z + roi[0], y:y + roi[1], x:x + roi[2]] += p
                 count[:, z:z + roi[0], y:y + roi[1], x:x + roi[2]] += 1
+    for (z, y, x), v in todo:
+        if v is not None:
+            out[:, z:z + roi[0], y:y + roi[1], x:x + roi[2]] += constant[v]
+            count[:, z:z + roi[0], y:y + roi[1], x:x + roi[2]] += 1
     out /= count
     return out[:, :shape[0], :shape[1], :shape[2]]
 

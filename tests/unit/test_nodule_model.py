@@ -1,0 +1,91 @@
+"""Detector pieces: sliding window == MONAI's, heatmap decoding, geometry, recipes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hounsfield.deploy.inference import sliding_window
+from hounsfield.errors import InvalidInput
+from hounsfield.models.detector import NetworkSpec, build_network, decode, heatmap_targets
+from hounsfield.models.volume import PreprocessPlan, Volume
+from hounsfield.train.recipe import load_recipe
+
+
+@pytest.fixture(scope="module")
+def tiny_net():
+    torch.manual_seed(0)
+    return build_network(NetworkSpec(features=(4, 4, 8, 8, 16, 4))).eval()
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
+def test_sliding_window_equals_monai(tiny_net, overlap) -> None:
+    from monai.inferers import sliding_window_inference
+
+    g = torch.Generator().manual_seed(1)
+    img = torch.rand((1, 20, 70, 45), generator=g)
+    img[:, :, :40, :] = 0.0  # "air": constant windows take the shortcut
+    roi = (16, 32, 32)
+    ours = sliding_window(tiny_net, img, roi, overlap=overlap, batch_size=3)
+    with torch.inference_mode():
+        ref = sliding_window_inference(img[None], roi, 3, tiny_net, overlap=overlap,
+                                       mode="constant")[0]
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref.float(), atol=2e-5, rtol=1e-4)
+
+
+def test_sliding_window_pads_small_images(tiny_net) -> None:
+    img = torch.rand((1, 8, 20, 20))
+    out = sliding_window(tiny_net, img, (16, 32, 32), batch_size=2, precision="bf16")
+    assert out.shape == (2, 8, 20, 20) and torch.isfinite(out).all()
+    with pytest.raises(InvalidInput):
+        sliding_window(tiny_net, img, (16, 32, 32), overlap=1.0)
+
+
+def test_targets_and_decode_round_trip() -> None:
+    shape = (24, 40, 40)
+    centres = np.array([[8.0, 10.0, 12.0], [16.0, 30.0, 25.0]])
+    dmm = np.array([6.0, 12.0], dtype=np.float32)
+    dvox = dmm[:, None] / np.array([2.0, 1.0, 1.0])
+    heat, size, mask = heatmap_targets(shape, centres, dvox, dmm)
+    assert heat[8, 10, 12] == 1.0 and heat[16, 30, 25] == 1.0 and mask.sum() > 0
+    logit = torch.logit(torch.from_numpy(heat).clamp(1e-4, 1 - 1e-4))
+    out = torch.stack([logit, torch.from_numpy(size)])
+    dets = decode(out, threshold=0.5)
+    assert len(dets) == 2
+    got = sorted((tuple(round(v) for v in d.zyx), round(d.diameter_mm, 3)) for d in dets)
+    assert got == [((8, 10, 12), 6.0), ((16, 30, 25), 12.0)]
+
+
+def test_volume_geometry_round_trip() -> None:
+    a = np.pi / 7
+    direction = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1.0]])
+    vol = Volume(np.zeros((5, 6, 7), np.float32), (0.8, 0.7, 2.5), (10.0, -20.0, 30.0), direction)
+    zyx = np.array([[1.5, 2.0, 3.25], [4.0, 5.0, 6.0]])
+    np.testing.assert_allclose(vol.to_voxel(vol.to_patient(zyx)), zyx, atol=1e-9)
+    prep = PreprocessPlan(spacing_mm=(1.6, 1.4, 2.5)).apply(vol)
+    assert prep.array.shape == (5, 3, 4) and prep.array.dtype == np.float32
+    # the corner voxels keep their patient position after resampling
+    np.testing.assert_allclose(prep.to_patient(np.array([[4.0, 2.0, 3.0]])),
+                               vol.to_patient(np.array([[4.0, 5.0, 6.0]])), atol=1e-6)
+
+
+def test_recipes_validate(tmp_path) -> None:
+    r = load_recipe("lung-nodule-detection")
+    assert r.precision == "auto" and r.targets.min_cpm == 0.9
+    assert load_recipe("lung-nodule-detection", preset="gpu").precision == "amp"
+    with pytest.raises(InvalidInput, match="no preset"):
+        load_recipe("lung-nodule-detection", preset="nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nbatch_size: 0\n")
+    with pytest.raises(InvalidInput, match="batch_size"):
+        load_recipe(bad)
+    bad.write_text("name: x\nlearning_rate: 1\n")
+    with pytest.raises(InvalidInput, match="learning_rate"):
+        load_recipe(bad)
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(InvalidInput, match="YAML"):
+        load_recipe(bad)
+    with pytest.raises(InvalidInput, match="unknown recipe"):
+        load_recipe("no-such-recipe")
