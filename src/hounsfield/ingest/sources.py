@@ -7,8 +7,11 @@ in :data:`CONVERTERS` (suffix -> converter), filled explicitly by :mod:`hounsfie
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -58,6 +61,10 @@ def _walk(root: Path) -> Iterator[Item]:
     for dirpath, dirs, files in os.walk(root, onerror=errors.append):
         dirs.sort()
         for name in sorted(files):
+            if name.upper() == "DICOMDIR":
+                # the walk reaches every file the index references; following it would double
+                yield Item(str(Path(dirpath) / name), skipped="DICOMDIR index (files imported directly)")
+                continue
             yield from _file(Path(dirpath) / name)
         while errors:
             e = errors.pop()
@@ -99,7 +106,21 @@ def _file(path: Path) -> Iterator[Item]:
     except OSError as exc:
         yield Item(name, error=f"cannot read: {exc.strerror or exc}")
         return
-    yield Item(name, data=data)
+    yield _gunzip(Item(name, data=data))
+
+
+def _gunzip(item: Item) -> Item:
+    """Transparently decompress a gzip-compressed file (``.dcm.gz`` is common in research sets)."""
+    if item.data is None or item.data[:2] != b"\x1f\x8b":
+        return item
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(item.data)) as gz:
+            data = gz.read(MAX_MEMBER_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        return Item(item.name, error=f"corrupt gzip file: {exc}")
+    if len(data) > MAX_MEMBER_BYTES:
+        return Item(item.name, error=f"refused: decompresses to more than {MAX_MEMBER_BYTES} bytes")
+    return Item(item.name, data=data)
 
 
 def _zip(path: Path) -> Iterator[Item]:
@@ -128,7 +149,7 @@ def _zip(path: Path) -> Iterator[Item]:
             except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
                 yield Item(member, error=f"cannot extract: {exc}")
                 continue
-            yield Item(member, data=data)
+            yield _gunzip(Item(member, data=data))
 
 
 def _dicomdir(path: Path) -> Iterator[Item]:
