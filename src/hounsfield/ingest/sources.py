@@ -26,10 +26,22 @@ MAX_MEMBER_BYTES = 4 << 30
 
 @dataclass
 class Item:
+    """One candidate object: its bytes (or the file holding them), or why it was not read."""
+
     name: str
     data: bytes | None = None
     error: str = ""
     skipped: str = ""
+    path: Path | None = None  # read lazily (by an importer worker) when data is None
+
+    def load(self) -> Item:
+        """The item with its bytes read and gunzipped, or with ``error`` set."""
+        if self.data is not None or self.path is None:
+            return _gunzip(self)
+        try:
+            return _gunzip(Item(self.name, data=self.path.read_bytes()))
+        except OSError as exc:
+            return Item(self.name, error=f"cannot read: {exc.strerror or exc}")
 
 
 def iter_items(paths: Iterable[Path | str]) -> Iterator[Item]:
@@ -102,11 +114,10 @@ def _file(path: Path) -> Iterator[Item]:
         if path.name.upper() == "DICOMDIR":
             yield from _dicomdir(path)
             return
-        data = path.read_bytes()
     except OSError as exc:
         yield Item(name, error=f"cannot read: {exc.strerror or exc}")
         return
-    yield _gunzip(Item(name, data=data))
+    yield Item(name, path=path)
 
 
 def _gunzip(item: Item) -> Item:
