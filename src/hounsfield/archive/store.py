@@ -189,13 +189,13 @@ def _series_pks(s: Session, items: list[tuple[ParsedInstance, str]], site: str,
     """SeriesInstanceUID -> primary key, creating patient/study/series rows that are missing."""
     wanted = {p.series_instance_uid: (p, src) for p, src in items}
     out = dict(s.execute(select(Series.series_instance_uid, Series.id)
-                         .where(Series.series_instance_uid.in_(list(wanted)))).tuples().all())
+                         .where(Series.series_instance_uid.in_(list(wanted)))).all())
     missing = [v for k, v in wanted.items() if k not in out]
     if not missing:
         return out
     study_uids = {p.study_instance_uid for p, _src in missing}
     studies = dict(s.execute(select(Study.study_instance_uid, Study.id)
-                             .where(Study.study_instance_uid.in_(list(study_uids)))).tuples().all())
+                             .where(Study.study_instance_uid.in_(list(study_uids)))).all())
     patients: dict[tuple[str, str], Patient] = {}
     for p, src in missing:
         if p.study_instance_uid not in studies:
