@@ -1,6 +1,7 @@
 """LUNA16 CSV files: annotations (truth) and predictions (candidates), read strictly with reasons.
 
-Annotations: ``seriesuid, coordX, coordY, coordZ, diameter_mm`` (optional ``site``, ``type``).
+Annotations: ``seriesuid, coordX, coordY, coordZ, diameter_mm`` (optional ``site`` and ``type``
+or ``nodule_type``, as hounsfield.synth writes it).
 Predictions: ``seriesuid, coordX, coordY, coordZ, probability`` (optional ``diameter_mm``).
 Coordinates are patient (world) millimetres as in LUNA16.  A bad row is an
 :class:`~hounsfield.errors.InvalidInput` naming the file, line and column.
@@ -57,7 +58,8 @@ def read_annotations(path: Path | str, *, allow_zero_diameter: bool = False) -> 
         d = _float(p, line, row, "diameter_mm", positive=not allow_zero_diameter)
         out.append(Nodule(row["seriesuid"], _float(p, line, row, "coordX"),
                           _float(p, line, row, "coordY"), _float(p, line, row, "coordZ"),
-                          d, site=row.get("site", ""), nodule_type=row.get("type", "")))
+                          d, site=row.get("site", ""),
+                          nodule_type=row.get("type") or row.get("nodule_type", "")))
     return out
 
 
