@@ -162,3 +162,29 @@ def test_report_files(tmp_path) -> None:
     assert data["cpm"] == rep["cpm"] and "checks" in data
     page = hp.read_text()
     assert "<svg" in page and ("PASS" in page or "FAIL" in page) and "Per site" in page
+
+
+def test_evaluate_cli_on_csvs(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from hounsfield.cli.main import app
+
+    nod = [Nodule("s1", 0, 0, 0, 8, site="A"), Nodule("s2", 10, 10, 10, 6, site="B")]
+    det = [Detection("s1", 1, 0, 0, 0.9), Detection("s2", 10, 11, 10, 0.35),
+           Detection("s2", 40, 0, 0, 0.4), Detection("s3", 0, 0, 0, 0.2)]
+    write_annotations(tmp_path / "a.csv", nod)
+    write_predictions(tmp_path / "p.csv", det)
+    (tmp_path / "scans.csv").write_text("seriesuid,site\ns1,A\ns2,B\ns3,B\n")
+    base = ["--data-dir", str(tmp_path / "var"), "evaluate", "--predictions", str(tmp_path / "p.csv"),
+            "--annotations", str(tmp_path / "a.csv"), "--scans", str(tmp_path / "scans.csv"),
+            "--bootstrap", "20"]
+    res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "r1")])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "r1" / "report.json").read_text())
+    assert rep["scans"] == 3 and rep["operating_point"]["per_scan_specificity"] == 0.0
+    # a stricter FP budget drops the 0.35 hit below the 0.4 FP: a target fails, exit status 1
+    res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "r2"), "--fp-per-scan", "0.1"])
+    assert res.exit_code == 1 and "FAIL" in res.output
+    res = CliRunner().invoke(app, ["--data-dir", str(tmp_path / "var"), "evaluate",
+                                   "--predictions", str(tmp_path / "p.csv")])
+    assert res.exit_code == 2 and "--annotations" in res.output
