@@ -73,7 +73,7 @@ def write_bundle(path: Path | str, net: torch.nn.Module, *, recipe: dict[str, An
     inference = {
         "network_def": {"_target_": _TARGETS.get(spec.name, spec.name), "spatial_dims": 3,
                         "in_channels": 1, "out_channels": 2, "features": list(spec.features),
-                        "norm": ["instance", {"affine": True}], "dropout": spec.dropout},
+                        "norm": ["instance", {"affine": True, "eps": 1e-3}], "dropout": spec.dropout},
         "roi_size": list(recipe["inference"]["roi"]),
         "overlap": recipe["inference"]["overlap"],
     }

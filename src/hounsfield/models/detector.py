@@ -35,9 +35,10 @@ class NetworkSpec(BaseModel):
 def _basic_unet(spec: NetworkSpec) -> torch.nn.Module:
     from monai.networks.nets import BasicUNet
 
-    # instance norm: per-sample statistics, so DDP ranks compute what one process would
+    # instance norm: per-sample statistics, so DDP ranks compute what one process would;
+    # eps 1e-3 bounds the gradient gain on near-constant inputs (air)
     return BasicUNet(spatial_dims=3, in_channels=1, out_channels=2, features=spec.features,
-                     norm=("instance", {"affine": True}), dropout=spec.dropout)
+                     norm=("instance", {"affine": True, "eps": 1e-3}), dropout=spec.dropout)
 
 
 NETWORKS: dict[str, Callable[[NetworkSpec], torch.nn.Module]] = {"basic_unet": _basic_unet}

@@ -85,6 +85,13 @@ class PatchDataset(Dataset):
         self.pos_frac = positive_fraction
         self.seed = seed
         self.epoch = 0
+        # centres for the random patches: voxels inside the body (not air).  An all-air patch
+        # is constant, and instance norm on a constant input multiplies gradients by
+        # 1/sqrt(eps) per layer: it teaches nothing and can overflow the backward pass
+        self.body = []
+        for pv in volumes:
+            sub = np.argwhere(pv.volume.array[::2, ::4, ::4] > 0.1) * np.array([2, 4, 4])
+            self.body.append(sub if len(sub) else None)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -101,6 +108,9 @@ class PatchDataset(Dataset):
             c = pv.centres_zyx[rng.integers(len(pv.centres_zyx))]
             jitter = rng.uniform(-0.35, 0.35, 3) * self.patch
             start = np.round(c + jitter - self.patch / 2).astype(int)
+        elif self.body[i % len(self.volumes)] is not None:
+            body = self.body[i % len(self.volumes)]
+            start = np.round(body[rng.integers(len(body))] - self.patch / 2).astype(int)
         else:
             start = np.array([rng.integers(0, max(s - p, 0) + 1) for s, p in zip(shape, self.patch)])
         start = np.clip(start, 0, np.maximum(shape - self.patch, 0))

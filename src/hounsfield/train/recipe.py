@@ -70,6 +70,7 @@ class Recipe(Strict):
     validation: Validation = Field(default_factory=Validation)
     inference: Inference = Field(default_factory=Inference)
     size_loss_weight: float = Field(default=0.1, ge=0)
+    gradient_clip: float = Field(default=12.0, gt=0, description="max gradient norm (nnU-Net's)")
     seed: int = 0
     num_workers: int = Field(default=0, ge=0)
     fine_tune_lr_factor: float = Field(default=0.3, gt=0, le=1)

@@ -146,6 +146,7 @@ def train(archive, settings, recipe_name: str, dataset_ref: str, *, model_name: 
                    recorder, EpochSeed()],
         logger=logger, deterministic=True, use_distributed_sampler=False,
         num_sanity_val_steps=0, enable_progress_bar=progress_bar, log_every_n_steps=1,
+        gradient_clip_val=recipe.gradient_clip, gradient_clip_algorithm="norm",
         default_root_dir=str(run_dir), enable_model_summary=False,
     )
     trainer.fit(module, ckpt_path=resume)
