@@ -17,7 +17,10 @@ from hounsfield.archive import Archive
 from hounsfield.archive.parse import ParsedInstance, parse_part10
 from hounsfield.archive.store import store_instances
 from hounsfield.errors import InvalidDicom
-from hounsfield.ingest.sources import iter_items
+from hounsfield.imaging import research
+from hounsfield.ingest.sources import CONVERTERS, iter_items
+
+research.register(CONVERTERS)  # NIfTI / NRRD / MetaImage -> DICOM series
 
 BATCH = 64
 

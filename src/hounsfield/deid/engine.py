@@ -1,0 +1,349 @@
+"""The de-identification engine: PS3.15 Annex E applied to one data set, recursively.
+
+Every element is decided: public attributes by Table E.1-1 (:mod:`hounsfield.deid.profile`) or,
+when the table does not list them, by the rule of their class; private attributes are removed
+unless the Retain Safe Private option keeps an allow-listed one.  Nothing passes silently.
+
+Consistency across studies and runs comes from keyed hashes (HMAC-SHA256 with the configured
+key): the same UID always maps to the same ``2.25`` UID (references inside sequences included,
+so SEG / SR / presentation-state references stay valid), the same patient to the same pseudonym
+and the same per-patient date shift.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.uid import UID, PYDICOM_IMPLEMENTATION_UID, UID_dictionary
+
+from hounsfield import __version__
+from hounsfield.deid.pixels import PixelRegionRule, blank_regions, burned_in_reason, matching_rule
+from hounsfield.deid.profile import (
+    DEFAULT_SAFE_PRIVATE,
+    EDITION,
+    DeidOptions,
+    SafePrivate,
+    class_action,
+    resolve,
+    rule_for,
+)
+from hounsfield.dicom.uids import derived_uid
+
+DUMMY_TEXT = "ANONYMIZED"
+DUMMIES = {
+    "AE": "ANONYMIZED", "AS": "000Y", "CS": "ANONYMIZED", "DA": "19000101",
+    "DT": "19000101000000", "TM": "000000", "DS": "0", "IS": "0", "PN": "ANONYMIZED",
+    "LO": DUMMY_TEXT, "SH": DUMMY_TEXT, "ST": DUMMY_TEXT, "LT": DUMMY_TEXT, "UT": DUMMY_TEXT,
+    "UC": DUMMY_TEXT, "UR": "", "FL": 0.0, "FD": 0.0, "SL": 0, "SS": 0, "UL": 0, "US": 0,
+    "SV": 0, "UV": 0,
+}
+PSEUDONYM_PREFIX = "HF-"
+PSEUDONYM_RE = re.compile(r"^HF-[0-9A-F]{16}$")
+IDENTITY_KEYWORDS = ("PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames",
+                     "PatientBirthName", "PatientMotherBirthName", "PatientAddress",
+                     "AccessionNumber", "PatientBirthDate", "PatientTelephoneNumbers",
+                     "ReferringPhysicianName", "MedicalRecordLocator")
+
+
+@dataclass
+class DeidResult:
+    dataset: Dataset
+    patient_pseudonym: str
+    original_patient: dict[str, str]
+    uid_map: dict[str, str]  # original -> new, for the study / series / instance UIDs
+    flagged: str = ""  # why the pixels may carry burned-in text ("" = not flagged)
+    pixels_cleaned: bool = False
+
+    @property
+    def exportable(self) -> bool:
+        """Flagged images that were not cleaned are never exported."""
+        return not self.flagged or self.pixels_cleaned
+
+
+@dataclass
+class Deidentifier:
+    """Applies the profile with ``options``; ``key`` keys every hash (keep it secret)."""
+
+    key: bytes
+    options: DeidOptions = field(default_factory=DeidOptions)
+    safe_private: list[SafePrivate] = field(default_factory=lambda: list(DEFAULT_SAFE_PRIVATE))
+    pixel_rules: list[PixelRegionRule] = field(default_factory=list)
+    max_date_shift_days: int = 3650
+
+    def __post_init__(self) -> None:
+        self._safe = {(s.creator.strip().upper(), s.group, s.element) for s in self.safe_private}
+        self._uid_cache: dict[str, str] = {}
+
+    # -- keyed mappings ----------------------------------------------------------------------
+    def _mac(self, *parts: str) -> bytes:
+        return hmac.new(self.key, "\x1f".join(parts).encode(), hashlib.sha256).digest()
+
+    def pseudonym(self, patient_id: str, issuer: str = "") -> str:
+        return PSEUDONYM_PREFIX + self._mac("patient", issuer, patient_id).hex()[:16].upper()
+
+    def date_shift(self, patient_id: str, issuer: str = "") -> int:
+        """Days to move this patient's dates back by (1 .. max_date_shift_days)."""
+        n = int.from_bytes(self._mac("date-shift", issuer, patient_id)[:4], "big")
+        return 1 + n % self.max_date_shift_days
+
+    def map_uid(self, uid: str) -> str:
+        uid = str(uid).strip().rstrip("\0")
+        if not uid or uid in UID_dictionary:
+            return uid
+        new = self._uid_cache.get(uid)
+        if new is None:
+            new = derived_uid("deid", uid, key=self.key)
+            self._uid_cache[uid] = new
+        return new
+
+    # -- the data set ------------------------------------------------------------------------
+    def deidentify(self, ds: Dataset) -> DeidResult:
+        """De-identify ``ds`` in place (pass a copy to keep the original) and describe it."""
+        pid = str(ds.get("PatientID", "") or "")
+        issuer = str(ds.get("IssuerOfPatientID", "") or "")
+        pseudo = self.pseudonym(pid, issuer)
+        original = {"PatientID": pid, "IssuerOfPatientID": issuer,
+                    "PatientName": str(ds.get("PatientName", "") or ""),
+                    "PatientBirthDate": str(ds.get("PatientBirthDate", "") or "")}
+        uid_map = {k: str(ds.get(k, "")) for k in ("StudyInstanceUID", "SeriesInstanceUID",
+                                                    "SOPInstanceUID")}
+        flagged = burned_in_reason(ds)
+        cleaned = False
+        if flagged:
+            rule = matching_rule(ds, self.pixel_rules)
+            if rule is not None:
+                blank_regions(ds, rule)
+                cleaned = True
+        ctx = _Context(self, pseudo, -self.date_shift(pid, issuer), _scrubber(ds))
+        self._walk(ds, ctx)
+        self._mark(ds, pseudo, cleaned)
+        uid_map = {v: self.map_uid(v) for v in uid_map.values() if v}
+        return DeidResult(ds, pseudo, original, uid_map, flagged, cleaned)
+
+    def _walk(self, ds: Dataset, ctx: _Context) -> None:
+        creators_used: set[int] = set()
+        private_creators: list[int] = []
+        for tag in list(ds.keys()):
+            if tag.group == 0x0002:
+                continue
+            if tag.is_private:
+                if 0x0010 <= tag.element <= 0x00FF:
+                    private_creators.append(tag)
+                    continue
+                if self._safe_private(ds, tag):
+                    creators_used.add((tag.group << 16) | (tag.element >> 8))
+                    continue
+                del ds[tag]
+                continue
+            elem = ds[tag]
+            rule = rule_for(tag)
+            action = resolve(rule, self.options) if rule else class_action(tag, elem.VR, self.options)
+            self._apply(ds, elem, action, ctx)
+        for ctag in private_creators:
+            if ((ctag.group << 16) | ctag.element) not in creators_used:
+                del ds[ctag]
+
+    def _safe_private(self, ds: Dataset, tag) -> bool:  # noqa: ANN001
+        if not self.options.retain_safe_private:
+            return False
+        creator_tag = (tag.group << 16) | (tag.element >> 8)
+        creator = ds.get(creator_tag)
+        if creator is None:
+            return False
+        return (str(creator.value).strip().upper(), tag.group, tag.element & 0xFF) in self._safe
+
+    def _apply(self, ds: Dataset, elem: DataElement, action: str, ctx: _Context) -> None:
+        vr = elem.VR
+        if action == "X":
+            del ds[elem.tag]
+        elif vr == "SQ":
+            if action == "Z":
+                elem.value = Sequence([])
+            else:  # D / K / U / C on a sequence: keep its structure, de-identify every item
+                for item in elem.value:
+                    self._walk(item, ctx)
+        elif action == "Z":
+            if elem.keyword in ("PatientName", "PatientID"):
+                elem.value = ctx.pseudonym
+            else:
+                elem.value = b"" if vr in ("OB", "OW", "OD", "OF", "OL", "OV", "UN") else ""
+        elif action == "D":
+            if vr == "UI":
+                elem.value = self._uids(elem.value)
+            elif vr in DUMMIES:
+                elem.value = DUMMIES[vr]
+            else:
+                elem.value = b"" if vr in ("OB", "OW", "OD", "OF", "OL", "OV", "UN") else ""
+        elif action == "U":
+            if vr == "UI":
+                elem.value = self._uids(elem.value)
+            else:
+                del ds[elem.tag]
+        elif action == "C":
+            if vr in ("DA", "DT"):
+                shifted = _shift(elem.value, vr, ctx.shift_days)
+                if shifted is None:
+                    del ds[elem.tag]
+                else:
+                    elem.value = shifted
+            elif vr == "TM" or vr not in ("LO", "LT", "SH", "ST", "UT", "UC"):
+                pass  # times stay (only dates are shifted); coded/numeric values hold no text
+            else:
+                elem.value = ctx.scrub(elem.value)
+        elif action == "S":
+            elem.value = ctx.scrub(elem.value)
+        # "K": keep as is
+
+    def _uids(self, value: object) -> object:
+        if isinstance(value, (list, MultiValue)):
+            return [self.map_uid(v) for v in value]
+        return self.map_uid(str(value)) if value else value
+
+    def _mark(self, ds: Dataset, pseudo: str, cleaned: bool) -> None:
+        """Attributes that say what was done (PS3.15 E.1.1, PS3.3 C.7.1.1)."""
+        ds.PatientIdentityRemoved = "YES"
+        names = ["HOUNSFIELD PS3.15 BASIC PROFILE"] + [
+            k.upper().replace("_", " ")[:64] for k, v in self.options.model_dump().items() if v]
+        if cleaned:
+            names.append("CLEAN PIXEL DATA")
+        ds.DeidentificationMethod = names
+        items = []
+        codes = self.options.codes() + ([("113101", "Clean Pixel Data Option")] if cleaned else [])
+        for value, meaning in codes:
+            it = Dataset()
+            it.CodeValue = value
+            it.CodingSchemeDesignator = "DCM"
+            it.CodeMeaning = meaning
+            items.append(it)
+        ds.DeidentificationMethodCodeSequence = items
+        ds.LongitudinalTemporalInformationModified = (
+            "MODIFIED" if self.options.retain_longitudinal_modified_dates else "REMOVED")
+        if cleaned:
+            ds.BurnedInAnnotation = "NO"
+        if "PatientName" in ds:
+            ds.PatientName = pseudo
+        if "PatientID" in ds:
+            ds.PatientID = pseudo
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None and "SOPInstanceUID" in ds:
+            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            meta.ImplementationClassUID = UID(PYDICOM_IMPLEMENTATION_UID)
+            meta.ImplementationVersionName = f"HOUNSFIELD_{__version__}"[:16]
+            for kw in ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle",
+                       "ReceivingApplicationEntityTitle", "PrivateInformationCreatorUID",
+                       "PrivateInformation"):
+                if kw in meta:
+                    delattr(meta, kw)
+
+
+@dataclass
+class _Context:
+    engine: Deidentifier
+    pseudonym: str
+    shift_days: int
+    scrub: object  # callable(value) -> value
+
+    def __post_init__(self) -> None:
+        pass
+
+
+def _identifiers(ds: Dataset) -> list[str]:
+    out: set[str] = set()
+    for kw in IDENTITY_KEYWORDS:
+        v = ds.get(kw)
+        if v is None or v == "":
+            continue
+        values = v if isinstance(v, (list, MultiValue)) else [v]
+        for val in values:
+            s = str(val).strip()
+            if len(s) >= 3:
+                out.add(s)
+            for part in re.split(r"[\^= ,]+", s):  # name components
+                if len(part) >= 3:
+                    out.add(part)
+    return sorted(out, key=len, reverse=True)
+
+
+def _scrubber(ds: Dataset):  # noqa: ANN202
+    ids = _identifiers(ds)
+    if not ids:
+        return lambda v: v
+    rx = re.compile("|".join(re.escape(i) for i in ids), re.IGNORECASE)
+
+    def scrub(value: object) -> object:
+        if isinstance(value, (list, MultiValue)):
+            return [scrub(v) for v in value]
+        if value is None or not isinstance(value, str):
+            s = str(value) if value is not None else ""
+        else:
+            s = value
+        return rx.sub("", s)
+
+    return scrub
+
+
+def _shift_da(v: str, days: int) -> str | None:
+    v = v.strip()
+    if len(v) != 8 or not v.isdigit():
+        return None
+    try:
+        d = date(int(v[:4]), int(v[4:6]), int(v[6:8]))
+    except ValueError:
+        return None
+    try:
+        return (d + timedelta(days=days)).strftime("%Y%m%d")
+    except OverflowError:
+        return None
+
+
+def _shift(value: object, vr: str, days: int) -> object | None:
+    """Move DA/DT values by ``days`` (PS3.15 E.3.6 modified dates); None = cannot, remove."""
+    values = list(value) if isinstance(value, (list, MultiValue)) else [value]
+    out = []
+    for v in values:
+        s = str(v).strip()
+        if not s:
+            out.append(s)
+            continue
+        if vr == "DA":
+            new = _shift_da(s, days)
+        else:
+            head = _shift_da(s[:8], days) if len(s) >= 8 else None
+            new = head + s[8:] if head else None
+        if new is None:
+            return None
+        out.append(new)
+    return out if len(out) > 1 else out[0]
+
+
+def to_part10(ds: Dataset) -> bytes:
+    """Serialise a de-identified data set as a PS3.10 file (file meta built when missing)."""
+    import io
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        meta = FileMetaDataset() if meta is None else meta
+        implicit = getattr(ds, "is_implicit_VR", None) or getattr(ds, "_is_implicit_VR", None)
+        little = getattr(ds, "is_little_endian", True)
+        meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                  ExplicitVRLittleEndian if little in (True, None) else ExplicitVRBigEndian)
+        ds.file_meta = meta
+    if "SOPClassUID" in ds:
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    if "SOPInstanceUID" in ds:
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.ImplementationClassUID = UID(PYDICOM_IMPLEMENTATION_UID)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
