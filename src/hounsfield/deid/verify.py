@@ -50,20 +50,34 @@ def _uid_ok(v: str) -> bool:
     return not v or v.startswith("2.25.") or v in UID_dictionary
 
 
-def verify(ds: Dataset, options: DeidOptions | None = None, *, original: Dataset | None = None,
+@dataclass(frozen=True)
+class Reference:
+    """What the verifier needs from an original data set (taken before de-identifying it)."""
+
+    identifiers: tuple[str, ...]
+    dates: dict
+
+    @classmethod
+    def of(cls, ds: Dataset) -> Reference:
+        return cls(tuple(_identifiers(ds)), _dates(ds))
+
+
+def verify(ds: Dataset, options: DeidOptions | None = None, *,
+           original: Dataset | Reference | None = None,
            safe_private: list[SafePrivate] | None = None) -> list[Leak]:
     """Every violation of the profile in ``ds`` (an empty list = clean)."""
+    ref = Reference.of(original) if isinstance(original, Dataset) else original
     opts = options or DeidOptions()
     safe = {(s.creator.strip().upper(), s.group, s.element)
             for s in (safe_private if safe_private is not None else DEFAULT_SAFE_PRIVATE)}
     leaks: list[Leak] = []
     if str(ds.get("PatientIdentityRemoved", "")).upper() != "YES":
         leaks.append(Leak("(0012,0062)", "PatientIdentityRemoved", "not YES"))
-    ids = [i for i in (_identifiers(original) if original is not None else [])
+    ids = [i for i in (ref.identifiers if ref is not None else ())
            if not any(i.upper() in d for d in ALLOWED_DUMMIES if d)]
     rx = (re.compile("(?<![A-Za-z0-9])(" + "|".join(re.escape(i) for i in ids) + ")(?![A-Za-z0-9])",
                      re.IGNORECASE) if ids else None)
-    orig_dates = _dates(original) if original is not None else {}
+    orig_dates = ref.dates if ref is not None else {}
     _walk(ds, "", opts, safe, rx, orig_dates, leaks)
     return leaks
 
