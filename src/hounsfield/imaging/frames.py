@@ -89,11 +89,13 @@ def _fast_pixels(ds: Dataset) -> np.ndarray | None:
     if bits not in (8, 16, 32):
         return None
     dtype = np.dtype(f"{'i' if signed else 'u'}{bits // 8}").newbyteorder("<")
-    n = int(ds.Rows) * int(ds.Columns)
+    nf = int(str(ds.get("NumberOfFrames", 1) or 1))
+    n = int(ds.Rows) * int(ds.Columns) * nf
     raw = ds.PixelData
     if len(raw) < n * dtype.itemsize:
         return None
-    a = np.frombuffer(raw, dtype=dtype, count=n).reshape(int(ds.Rows), int(ds.Columns))
+    shape = (nf, int(ds.Rows), int(ds.Columns)) if nf > 1 else (int(ds.Rows), int(ds.Columns))
+    a = np.frombuffer(raw, dtype=dtype, count=n).reshape(shape)
     if stored < bits:
         shift = bits - stored
         a = (a << shift) >> shift if signed else a & ((1 << stored) - 1)
@@ -129,10 +131,13 @@ def frames_of(ds: Dataset) -> list[Frame]:
     """All frames of one image instance, with geometry and (lazily decoded) pixels."""
     sop = str(ds.get("SOPInstanceUID", "?"))
     _check_pixel_module(ds, sop)
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    if rows <= 0 or cols <= 0:
-        raise InvalidDicom(f"{sop}: Rows/Columns missing or zero")
-    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        nframes = int(str(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError) as exc:
+        raise InvalidDicom(f"{sop}: bad Rows/Columns/NumberOfFrames: {exc}") from exc
+    if rows <= 0 or cols <= 0 or nframes <= 0:
+        raise InvalidDicom(f"{sop}: Rows/Columns/NumberOfFrames missing or zero")
     decode = _decoder(ds, sop)
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
     localizer = "LOCALIZER" in image_type

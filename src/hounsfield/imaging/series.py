@@ -137,15 +137,13 @@ def volume_from_stack(stack: Stack, *, resample: bool = False, dtype: str | None
                            f" degrees off the slice normal ({f0.label} .. {stack.frames[-1].label}); "
                            "pass resample=True to resample onto an orthogonal grid")
     gaps = np.diff(stack.distances)
-    sk = float(np.median(gaps)) if nsl > 1 else float(f0.thickness or 1.0)
+    sk = float(np.median(gaps)) if nsl > 1 else 1.0  # one slice: unit spacing, as ITK does
     irregular = nsl > 2 and np.max(np.abs(gaps - sk)) > max(SPACING_RTOL * sk, 1e-3)
     if irregular and not resample:
         k = int(np.argmax(np.abs(gaps - sk)))
         raise InvalidInput(f"irregular slice spacing (missing slices?): {gaps[k]:.3f} mm between "
                            f"{stack.frames[k].label} and {stack.frames[k + 1].label}, expected "
                            f"{sk:.3f} mm; pass resample=True to resample to regular spacing")
-    if nsl == 1 and sk <= 0:
-        sk = 1.0
     arr = _rescaled(stack.frames, dtype)
     if tilt > TILT_TOL:
         arr = _untilt(arr, stack, si, sj)
