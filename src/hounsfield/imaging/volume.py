@@ -68,6 +68,14 @@ class Volume:
         """A copy sharing the geometry (and provenance) with a new voxel array."""
         return replace(self, array=array, meta=dict(self.meta), **changes)
 
+    def reversed_k(self) -> Volume:
+        """The same voxels walked along -k (a DICOM series of a left-handed grid loads so)."""
+        d = self.direction.copy()
+        d[:, 2] *= -1
+        return replace(self, array=self.array[::-1], origin=tuple(self.world((0, 0, self.shape[0] - 1))),
+                       direction=d, sop_instance_uids=self.sop_instance_uids[::-1],
+                       frame_numbers=self.frame_numbers[::-1], meta=dict(self.meta))
+
     def same_geometry(self, other: Volume, *, atol: float = 1e-4) -> bool:
         return (self.shape == other.shape
                 and np.allclose(self.spacing, other.spacing, atol=atol)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import numpy as np
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
@@ -69,8 +68,7 @@ def volume_to_datasets(vol: Volume, info: SeriesInfo) -> list[FileDataset]:
     study_uid = derived_uid("study", seed)
     series_uid = derived_uid("series", seed)
     for_uid = derived_uid("frame-of-reference", seed)
-    now = datetime.now(timezone.utc)
-    date = info.study_date or now.strftime("%Y%m%d")
+    date = info.study_date  # empty unless known: the same input must give the same bytes
     stored, slope, intercept = quantise(vol.array)
     row, col, normal = vol.direction[:, 0], vol.direction[:, 1], vol.direction[:, 2]
     si, sj, sk = vol.spacing
@@ -87,8 +85,6 @@ def volume_to_datasets(vol: Volume, info: SeriesInfo) -> list[FileDataset]:
         ds.SpecificCharacterSet = "ISO_IR 192"
         ds.SOPClassUID = SOP_CLASS[modality]
         ds.SOPInstanceUID = sop_uid
-        ds.InstanceCreationDate = now.strftime("%Y%m%d")
-        ds.InstanceCreationTime = now.strftime("%H%M%S")
         # Patient / General Study
         ds.PatientName = info.patient_name
         ds.PatientID = info.patient_id
@@ -96,7 +92,7 @@ def volume_to_datasets(vol: Volume, info: SeriesInfo) -> list[FileDataset]:
         ds.PatientSex = ""
         ds.StudyInstanceUID = study_uid
         ds.StudyDate = date
-        ds.StudyTime = "000000"
+        ds.StudyTime = "000000" if date else ""
         ds.ReferringPhysicianName = ""
         ds.StudyID = "1"
         ds.AccessionNumber = ""
@@ -118,8 +114,8 @@ def volume_to_datasets(vol: Volume, info: SeriesInfo) -> list[FileDataset]:
         ds.InstanceNumber = k + 1
         ds.PatientOrientation = ""
         ds.ContentDate = date
-        ds.ContentTime = "000000"
-        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"] if modality == "CT" else ["DERIVED", "SECONDARY"]
+        ds.ContentTime = "000000" if date else ""
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"] if modality == "CT" else ["DERIVED", "SECONDARY", "OTHER"]
         pos = vol.world((0.0, 0.0, float(k)))
         ds.ImagePositionPatient = [_ds(v) for v in pos]
         ds.ImageOrientationPatient = [_ds(v) for v in (*row, *col)]
