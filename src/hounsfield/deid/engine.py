@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -143,10 +144,16 @@ class Deidentifier:
                     continue
                 del ds[tag]
                 continue
-            elem = ds[tag]
+            raw = ds.get_item(tag)
+            vr = raw.VR if raw.VR and raw.VR != "UN" else _dictionary_vr(tag)
             rule = rule_for(tag)
-            action = resolve(rule, self.options) if rule else class_action(tag, elem.VR, self.options)
-            self._apply(ds, elem, action, ctx)
+            action = resolve(rule, self.options) if rule else class_action(tag, vr, self.options)
+            if action == "K" and vr != "SQ" and raw.VR:
+                continue  # kept as read (explicit VR): no need to decode the value
+            if action == "X":
+                del ds[tag]
+                continue
+            self._apply(ds, ds[tag], action, ctx)
         for ctag in private_creators:
             if ((ctag.group << 16) | ctag.element) not in creators_used:
                 del ds[ctag]
@@ -194,8 +201,11 @@ class Deidentifier:
                     del ds[elem.tag]
                 else:
                     elem.value = shifted
-            elif vr == "TM" or vr not in ("LO", "LT", "SH", "ST", "UT", "UC"):
-                pass  # times stay (only dates are shifted); coded/numeric values hold no text
+            elif vr == "TM" or elem.keyword == "TimezoneOffsetFromUTC":
+                if not temporal_ok(elem.value, vr):  # times stay, if they are only times
+                    del ds[elem.tag]
+            elif vr not in ("LO", "LT", "SH", "ST", "UT", "UC"):
+                pass  # coded / numeric values hold no free text
             else:
                 elem.value = ctx.scrub(elem.value)
         elif action == "S":
@@ -253,6 +263,24 @@ class _Context:
 
     def __post_init__(self) -> None:
         pass
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+
+
+_TM_RE = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
+_TZ_RE = re.compile(r"^[+-]\d{4}$")
+
+
+def temporal_ok(value: object, vr: str) -> bool:
+    """A TM value (or a UTC offset) that is only that: kept under modified dates."""
+    rx = _TM_RE if vr == "TM" else _TZ_RE
+    values = list(value) if isinstance(value, (list, MultiValue)) else [value]
+    return all(not str(v).strip() or rx.match(str(v).strip()) for v in values)
 
 
 def _identifiers(ds: Dataset) -> list[str]:
@@ -324,11 +352,15 @@ def _shift(value: object, vr: str, days: int) -> object | None:
     return out if len(out) > 1 else out[0]
 
 
-def to_part10(ds: Dataset) -> bytes:
-    """Serialise a de-identified data set as a PS3.10 file (file meta built when missing)."""
-    import io
+def to_part10(ds: Dataset, tail: bytes = b"") -> bytes:
+    """Serialise a de-identified data set as a PS3.10 file (file meta built when missing).
 
+    ``tail`` is the still-encoded Pixel Data element (bytes of the original file, same transfer
+    syntax) appended as is by :func:`deidentify_bytes`.
+    """
     from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import correct_ambiguous_vr, write_dataset, write_file_meta_info
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     meta = getattr(ds, "file_meta", None)
@@ -344,6 +376,81 @@ def to_part10(ds: Dataset) -> bytes:
     if "SOPInstanceUID" in ds:
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.ImplementationClassUID = UID(PYDICOM_IMPLEMENTATION_UID)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
+    meta.ImplementationVersionName = f"HOUNSFIELD_{__version__}"[:16]
+    ts = meta.TransferSyntaxUID
+    enc = getattr(ds, "original_encoding", (None, None))
+    if enc[0] is not None and not ts.is_encapsulated and (enc[0], enc[1]) != (ts.is_implicit_VR, ts.is_little_endian):
+        # the file said one native syntax and was encoded in another (read leniently): say
+        # what the (raw, kept) elements really are
+        ts = (ImplicitVRLittleEndian if enc[0] else
+              ExplicitVRLittleEndian if enc[1] else ExplicitVRBigEndian)
+        meta.TransferSyntaxUID = ts
+    if ts.is_deflated:
+        import io
+
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+    for attempt in (0, 1):
+        buf = DicomBytesIO()
+        buf.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(buf, meta, enforce_standard=True)
+        buf.is_little_endian = ts.is_little_endian
+        buf.is_implicit_VR = ts.is_implicit_VR
+        try:
+            write_dataset(buf, ds)
+            break
+        except ValueError as exc:  # elements read without a VR: settle 'OB or OW' etc.
+            if attempt or "ambiguous VR" not in str(exc):
+                raise
+            correct_ambiguous_vr(ds, ts.is_little_endian)
+    if tail:
+        buf.write(tail)
     return buf.getvalue()
+
+
+_FAST_TS = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+
+
+def _pixel_tail(data: bytes, pos: int, ts: UID) -> bytes | None:
+    """The Pixel Data element at ``pos`` if it runs exactly to the end of the file, else None."""
+    if pos >= len(data):
+        return b""
+    if data[pos:pos + 4] != b"\xe0\x7f\x10\x00":
+        return None
+    if ts.is_implicit_VR:
+        length, head = int.from_bytes(data[pos + 4:pos + 8], "little"), 8
+    else:
+        length, head = int.from_bytes(data[pos + 8:pos + 12], "little"), 12
+    if length == 0xFFFFFFFF:
+        return data[pos:] if data.endswith(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00") else None
+    return data[pos:] if pos + head + length == len(data) else None
+
+
+def deidentify_bytes(engine: Deidentifier, data: bytes) -> tuple[bytes, DeidResult]:
+    """De-identify one PS3.10 file given as bytes; returns the new file and what was done.
+
+    Fast path: only the header is parsed and rewritten, the encoded Pixel Data element is copied
+    unchanged (it holds no attributes).  Files whose pixels must be cleaned, deflated or
+    big-endian files and files with elements after Pixel Data take the full path.
+    """
+    import io
+
+    import pydicom
+
+    fp = io.BytesIO(data)
+    ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+    ts = ds.file_meta.get("TransferSyntaxUID") if getattr(ds, "file_meta", None) else None
+    tail = None
+    enc = getattr(ds, "original_encoding", (None, None))
+    if ts is not None and (enc[0], enc[1]) == (ts.is_implicit_VR, ts.is_little_endian) and (str(ts) in _FAST_TS or (ts.is_encapsulated and ts.is_little_endian
+                                                    and not ts.is_deflated)):
+        tail = _pixel_tail(data, fp.tell(), ts)
+    flagged = burned_in_reason(ds, has_pixels=bool(tail))
+    if tail is None or (flagged and matching_rule(ds, engine.pixel_rules) is not None):
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        res = engine.deidentify(ds)
+        return to_part10(ds), res
+    res = engine.deidentify(ds)
+    res.flagged = flagged
+    return to_part10(ds, tail), res

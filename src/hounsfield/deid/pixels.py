@@ -43,9 +43,9 @@ class PixelRegionRule(BaseModel):
                 and (self.columns is None or self.columns == ds.get("Columns")))
 
 
-def burned_in_reason(ds: Dataset) -> str:
+def burned_in_reason(ds: Dataset, *, has_pixels: bool | None = None) -> str:
     """Why this image may carry burned-in text ("" when it is not flagged)."""
-    if "PixelData" not in ds:
+    if not (("PixelData" in ds) if has_pixels is None else has_pixels):
         return ""
     burned = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
     modality = str(ds.get("Modality", "") or "").strip().upper()

@@ -21,7 +21,7 @@ from hounsfield.archive.parse import parse_part10
 from hounsfield.archive.query import instances_of
 from hounsfield.archive.store import store_instances
 from hounsfield.config import Settings
-from hounsfield.deid.engine import Deidentifier, to_part10
+from hounsfield.deid.engine import Deidentifier, deidentify_bytes
 from hounsfield.deid.pixels import PixelRegionRule
 from hounsfield.deid.profile import DEFAULT_SAFE_PRIVATE, EDITION, DeidOptions, SafePrivate
 from hounsfield.deid.vault import Vault, uid_key
@@ -77,10 +77,12 @@ def deidentify_uids(archive, uids: Iterable[str], *, out_dir: Path | None = None
     profile = f"{EDITION}; options: " + ",".join(k for k, v in engine.options.model_dump().items() if v)
     for sop, key in rows:
         try:
-            ds = pydicom.dcmread(io.BytesIO(archive.blobs.read(key)), force=True)
-            orig_study, orig_series = str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
-            original = Reference.of(ds)
-            res = engine.deidentify(ds)
+            raw = archive.blobs.read(key)
+            head = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True, force=True)
+            orig_study, orig_series = str(head.get("StudyInstanceUID", "")), str(head.get("SeriesInstanceUID", ""))
+            original = Reference.of(head)
+            data, res = deidentify_bytes(engine, raw)
+            ds = res.dataset
             if not res.exportable:
                 report.withheld.append((sop, f"burned-in text not cleaned: {res.flagged}"))
                 continue
@@ -88,7 +90,6 @@ def deidentify_uids(archive, uids: Iterable[str], *, out_dir: Path | None = None
             if leaks:
                 report.failed.append((sop, "verifier: " + "; ".join(map(str, leaks[:3]))))
                 continue
-            data = to_part10(ds)
         except Exception as exc:  # noqa: BLE001 - one bad instance never stops the job
             report.failed.append((sop, f"{type(exc).__name__}: {exc}"))
             continue

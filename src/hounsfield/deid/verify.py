@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID_dictionary
 
-from hounsfield.deid.engine import DUMMIES, PSEUDONYM_RE, _identifiers
+from hounsfield.deid.engine import DUMMIES, PSEUDONYM_RE, _identifiers, temporal_ok
 from hounsfield.deid.profile import DEFAULT_SAFE_PRIVATE, DeidOptions, SafePrivate, class_action, resolve, rule_for
 
 #: free-text VRs searched for the original's identifiers (CS holds defined terms, not text)
@@ -142,6 +142,9 @@ def _walk(ds: Dataset, prefix: str, opts: DeidOptions, safe: set, rx: re.Pattern
             for v in vals:
                 if not _uid_ok(v):
                     leaks.append(Leak(path, kw, f"UID not replaced: {v}"))
+        elif action == "C" and (elem.VR == "TM" or elem.keyword == "TimezoneOffsetFromUTC"):
+            if not temporal_ok(elem.value, elem.VR):
+                leaks.append(Leak(path, kw, "not a time / UTC offset"))
         elif action == "C" and elem.VR in ("DA", "DT"):
             before = orig_dates.get(int(tag), set())
             for v in vals:
