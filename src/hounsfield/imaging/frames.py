@@ -36,6 +36,7 @@ class Frame:
     split_keys: dict[str, object]
     thickness: float | None
     pixels: Callable[[], np.ndarray] = field(repr=False)
+    value_range: tuple[int, int] | None = None  # stored pixel range from BitsStored / sign
 
     @property
     def label(self) -> str:
@@ -96,10 +97,21 @@ def _fast_pixels(ds: Dataset) -> np.ndarray | None:
         return None
     shape = (nf, int(ds.Rows), int(ds.Columns)) if nf > 1 else (int(ds.Rows), int(ds.Columns))
     a = np.frombuffer(raw, dtype=dtype, count=n).reshape(shape)
-    if stored < bits:
+    if stored < bits and signed:  # sign-extend (unsigned values are taken as stored, like GDCM)
         shift = bits - stored
-        a = (a << shift) >> shift if signed else a & ((1 << stored) - 1)
+        a = (a << shift) >> shift
     return a
+
+
+def _value_range(ds: Dataset) -> tuple[int, int] | None:
+    try:
+        bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+    except (TypeError, ValueError):
+        return None
+    if not 1 <= bits <= 32:
+        return None
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
 
 
 def _decoder(ds: Dataset, label: str) -> Callable[[], np.ndarray]:
@@ -167,7 +179,8 @@ def frames_of(ds: Dataset) -> list[Frame]:
     thick = ds.get("SliceThickness")
 
     return [Frame(sop, 0, pos, r, c, (float(ps[1]), float(ps[0])), rows, cols, slope, intercept,
-                  key, split, float(thick) if thick not in (None, "") else None, decode)]
+                  key, split, float(thick) if thick not in (None, "") else None, decode,
+                  _value_range(ds))]
 
 
 def _enhanced_frames(ds: Dataset, sop: str, rows: int, cols: int, nframes: int, localizer: bool,

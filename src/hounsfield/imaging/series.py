@@ -170,10 +170,12 @@ def _rescaled(frames: list[Frame], dtype: str | None) -> np.ndarray:
     if dtype:
         out_dtype = np.dtype(dtype)
     elif integral and all(p.dtype.kind in "iu" for p in pix):
-        lo = min(min(int(p.min()) * int(f.slope), int(p.max()) * int(f.slope)) + int(f.intercept)
-                 for f, p in zip(frames, pix, strict=True))
-        hi = max(max(int(p.min()) * int(f.slope), int(p.max()) * int(f.slope)) + int(f.intercept)
-                 for f, p in zip(frames, pix, strict=True))
+        lo = hi = 0
+        for f, p in zip(frames, pix, strict=True):
+            # the range BitsStored allows (no pass over the data), else the data's own
+            vlo, vhi = f.value_range if f.value_range else (int(p.min()), int(p.max()))
+            ends = (vlo * int(f.slope) + int(f.intercept), vhi * int(f.slope) + int(f.intercept))
+            lo, hi = min(lo, *ends), max(hi, *ends)
         out_dtype = np.dtype(np.int16 if -32768 <= lo and hi <= 32767 else np.int32)
     else:
         out_dtype = np.dtype(np.float32)
@@ -182,9 +184,14 @@ def _rescaled(frames: list[Frame], dtype: str | None) -> np.ndarray:
         if f.slope == 1 and f.intercept == 0:
             arr[k] = px
         elif out_dtype.kind in "iu":
-            arr[k] = px.astype(np.int32) * int(f.slope) + int(f.intercept)
+            if f.slope == 1:
+                np.add(px, np.int32(f.intercept), out=arr[k], casting="unsafe")
+            else:
+                np.multiply(px, np.int32(f.slope), out=arr[k], casting="unsafe")
+                arr[k] += out_dtype.type(f.intercept)
         else:
-            arr[k] = px * np.float32(f.slope) + np.float32(f.intercept)
+            np.multiply(px, np.float32(f.slope), out=arr[k], casting="unsafe")
+            arr[k] += np.float32(f.intercept)
     return arr
 
 
