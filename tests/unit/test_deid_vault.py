@@ -149,3 +149,20 @@ def test_cli_deid_out_verify_and_reidentify(archive, ct_study, tmp_path):
     assert r.exit_code == 0 and "DOE^JANE" in r.output
     r = CliRunner().invoke(app, base + ["deid", "1.2.3.4.999"])
     assert r.exit_code == 2 and "nothing in the archive" in r.output
+
+
+def test_vault_and_audit_on_sqlite_and_postgresql(any_archive, tmp_path):
+    paths = write_series(tmp_path / "in", phantom(shape=(2, 8, 8)), patient="ROE^RICHARD", seed="pg")
+    assert import_paths(any_archive, paths).imported == 2
+    study = str(pydicom.dcmread(paths[0]).StudyInstanceUID)
+    rep = deidentify_uids(any_archive, [study])
+    assert rep.written == 2
+    vault = Vault(any_archive)
+    with any_archive.session() as s:
+        pseudo = s.scalar(select(Pseudonym.pseudonym).where(Pseudonym.kind == "patient"))
+    assert vault.reidentify(pseudo, ADMIN)["PatientID"] == "ROE"
+    with pytest.raises(PermissionDenied):
+        vault.reidentify(pseudo, RESEARCHER)
+    with any_archive.session() as s:
+        outcomes = sorted(s.scalars(select(Reidentification.outcome)))
+    assert outcomes == ["denied", "granted"]
