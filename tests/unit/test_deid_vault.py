@@ -166,3 +166,18 @@ def test_vault_and_audit_on_sqlite_and_postgresql(any_archive, tmp_path):
     with any_archive.session() as s:
         outcomes = sorted(s.scalars(select(Reidentification.outcome)))
     assert outcomes == ["denied", "granted"]
+
+
+def test_deid_and_reidentification_reach_the_audit_trail(archive, ct_study):
+    from hounsfield.audit.trail import query
+
+    study = ct_study[0]
+    deidentify_uids(archive, [study], actor="carol")
+    with archive.session() as s:
+        pseudo = s.scalar(select(Pseudonym.pseudonym).where(Pseudonym.kind == "patient"))
+    with pytest.raises(PermissionDenied):
+        Vault(archive).reidentify(pseudo, RESEARCHER)
+    with archive.session() as s:
+        events = query(s)
+    actions = {(e.action, e.actor) for e in events}
+    assert ("DEIDENTIFY", "carol") in actions and ("REIDENTIFY", "bob") in actions

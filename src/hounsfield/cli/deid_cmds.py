@@ -44,7 +44,7 @@ def deid_cmd(
             total = sum(len(instances_of(s, u)) for u in uids)
         with progress() as bar:
             task = bar.add_task("de-identifying", total=total)
-            report = deidentify_uids(archive, uids, out_dir=out, options=opts,
+            report = deidentify_uids(archive, uids, out_dir=out, options=opts, actor=_user(),
                                      on_item=lambda _s: bar.advance(task))
         where = str(out) if out else "the archive"
         console.print(f"{report.written} instance(s) de-identified into {where}")
@@ -56,6 +56,15 @@ def deid_cmd(
             err_console.print(f"failed {sop}: {why}", highlight=False)
         if report.failed or (report.withheld and not report.written):
             raise typer.Exit(1)
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # noqa: BLE001 - no login name (containers)
+        return "cli"
 
 
 def verify_cmd(

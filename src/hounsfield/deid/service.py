@@ -59,9 +59,12 @@ def deidentifier_from_settings(settings: Settings, options: DeidOptions | None =
 
 
 def deidentify_uids(archive, uids: Iterable[str], *, out_dir: Path | None = None,  # noqa: ANN001
-                    options: DeidOptions | None = None,
+                    options: DeidOptions | None = None, actor: str = "system",
                     on_item: Callable[[str], None] | None = None) -> DeidReport:
-    """De-identify everything under ``uids`` (study, series or instance UIDs)."""
+    """De-identify everything under ``uids`` (study, series or instance UIDs).
+
+    One DEIDENTIFY audit event per source study records who, what, where to and the outcome.
+    """
     engine = deidentifier_from_settings(archive.settings, options)
     vault = Vault(archive)
     report = DeidReport(out_dir=out_dir)
@@ -116,7 +119,20 @@ def deidentify_uids(archive, uids: Iterable[str], *, out_dir: Path | None = None
                 report.written += _store(archive, batch)
     if batch:
         report.written += _store(archive, batch)
+    _audit(archive, report, actor, out_dir)
     return report
+
+
+def _audit(archive, report: DeidReport, actor: str, out_dir: Path | None) -> None:  # noqa: ANN001
+    from hounsfield.audit.trail import Action, Entry, Outcome, record_many
+
+    bad = len(report.failed) + len(report.withheld)
+    record_many(archive, [Entry(
+        action=Action.DEIDENTIFY, actor=actor, study_instance_uid=orig,
+        destination=str(out_dir) if out_dir else "archive",
+        outcome=Outcome.SUCCESS if not bad else Outcome.MINOR_FAILURE,
+        detail=f"-> {new}; {report.written} written, {len(report.withheld)} withheld, "
+               f"{len(report.failed)} failed") for orig, new in report.studies.items()])
 
 
 def _store(archive, batch: list) -> int:  # noqa: ANN001

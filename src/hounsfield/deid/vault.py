@@ -98,6 +98,12 @@ class Vault:
                                   .order_by(Reidentification.id.desc()).limit(limit)))
 
     def _audit(self, actor: Actor, kind: str, pseudonym: str, outcome: str, reason: str) -> None:
+        from hounsfield.audit.trail import Action, Entry, Outcome, record
+
+        record(self.archive, Entry(
+            action=Action.REIDENTIFY, actor=actor.name, role=",".join(sorted(actor.roles)),
+            outcome=Outcome.SUCCESS if outcome == "granted" else Outcome.MAJOR_FAILURE,
+            source=actor.client, detail=f"{kind} {pseudonym}: {outcome}" + (f" ({reason})" if reason else "")))
         with self.archive.write_session() as s:
             s.add(Reidentification(actor=actor.name[:128], roles=",".join(sorted(actor.roles))[:256],
                                    client=actor.client[:256], kind=kind, pseudonym=pseudonym[:128],
