@@ -82,6 +82,9 @@ class Deidentifier:
     def __post_init__(self) -> None:
         self._safe = {(s.creator.strip().upper(), s.group, s.element) for s in self.safe_private}
         self._uid_cache: dict[str, str] = {}
+        names = ["HOUNSFIELD PS3.15 BASIC PROFILE"] + [
+            k.upper().replace("_", " ")[:64] for k, v in self.options.model_dump().items() if v]
+        self._method = (names, self.options.codes())
 
     # -- keyed mappings ----------------------------------------------------------------------
     def _mac(self, *parts: str) -> bytes:
@@ -114,8 +117,7 @@ class Deidentifier:
         original = {"PatientID": pid, "IssuerOfPatientID": issuer,
                     "PatientName": str(ds.get("PatientName", "") or ""),
                     "PatientBirthDate": str(ds.get("PatientBirthDate", "") or "")}
-        uid_map = {k: str(ds.get(k, "")) for k in ("StudyInstanceUID", "SeriesInstanceUID",
-                                                    "SOPInstanceUID")}
+        uid_map = {t: str(ds[t].value) for t in (0x0020000D, 0x0020000E, 0x00080018) if t in ds}
         flagged = burned_in_reason(ds)
         cleaned = False
         if flagged:
@@ -218,40 +220,36 @@ class Deidentifier:
         return self.map_uid(str(value)) if value else value
 
     def _mark(self, ds: Dataset, pseudo: str, cleaned: bool) -> None:
-        """Attributes that say what was done (PS3.15 E.1.1, PS3.3 C.7.1.1)."""
-        ds.PatientIdentityRemoved = "YES"
-        names = ["HOUNSFIELD PS3.15 BASIC PROFILE"] + [
-            k.upper().replace("_", " ")[:64] for k, v in self.options.model_dump().items() if v]
+        """Attributes that say what was done (PS3.15 E.1.1, PS3.3 C.7.1.1); set by tag (fast)."""
+        names, codes = self._method
         if cleaned:
-            names.append("CLEAN PIXEL DATA")
-        ds.DeidentificationMethod = names
+            names = [*names, "CLEAN PIXEL DATA"]
+            codes = [*codes, ("113101", "Clean Pixel Data Option")]
         items = []
-        codes = self.options.codes() + ([("113101", "Clean Pixel Data Option")] if cleaned else [])
         for value, meaning in codes:
             it = Dataset()
-            it.CodeValue = value
-            it.CodingSchemeDesignator = "DCM"
-            it.CodeMeaning = meaning
+            it.add_new(0x00080100, "SH", value)
+            it.add_new(0x00080102, "SH", "DCM")
+            it.add_new(0x00080104, "LO", meaning)
             items.append(it)
-        ds.DeidentificationMethodCodeSequence = items
-        ds.LongitudinalTemporalInformationModified = (
-            "MODIFIED" if self.options.retain_longitudinal_modified_dates else "REMOVED")
+        ds.add_new(0x00120062, "CS", "YES")  # PatientIdentityRemoved
+        ds.add_new(0x00120063, "LO", names)  # DeidentificationMethod
+        ds.add_new(0x00120064, "SQ", Sequence(items))  # ...CodeSequence
+        ds.add_new(0x00280303, "CS", "MODIFIED" if self.options.retain_longitudinal_modified_dates
+                   else "REMOVED")  # LongitudinalTemporalInformationModified
         if cleaned:
-            ds.BurnedInAnnotation = "NO"
-        if "PatientName" in ds:
-            ds.PatientName = pseudo
-        if "PatientID" in ds:
-            ds.PatientID = pseudo
+            ds.add_new(0x00280301, "CS", "NO")  # BurnedInAnnotation
+        for tag, vr in ((0x00100010, "PN"), (0x00100020, "LO")):
+            if tag in ds:
+                ds.add_new(tag, vr, pseudo)
         meta = getattr(ds, "file_meta", None)
-        if meta is not None and "SOPInstanceUID" in ds:
-            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if meta is not None and 0x00080018 in ds:
+            meta.MediaStorageSOPInstanceUID = ds[0x00080018].value
             meta.ImplementationClassUID = UID(PYDICOM_IMPLEMENTATION_UID)
             meta.ImplementationVersionName = f"HOUNSFIELD_{__version__}"[:16]
-            for kw in ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle",
-                       "ReceivingApplicationEntityTitle", "PrivateInformationCreatorUID",
-                       "PrivateInformation"):
-                if kw in meta:
-                    delattr(meta, kw)
+            for tag in (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102):
+                if tag in meta:  # AE titles and private information of the sender
+                    del meta[tag]
 
 
 @dataclass
@@ -360,7 +358,7 @@ def to_part10(ds: Dataset, tail: bytes = b"") -> bytes:
     """
     from pydicom.dataset import FileMetaDataset
     from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import correct_ambiguous_vr, write_dataset, write_file_meta_info
+    from pydicom.filewriter import correct_ambiguous_vr, write_dataset
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     meta = getattr(ds, "file_meta", None)
@@ -391,10 +389,10 @@ def to_part10(ds: Dataset, tail: bytes = b"") -> bytes:
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
         return buf.getvalue()
+    head = b"\0" * 128 + b"DICM" + _meta_group(meta)
     for attempt in (0, 1):
         buf = DicomBytesIO()
-        buf.write(b"\0" * 128 + b"DICM")
-        write_file_meta_info(buf, meta, enforce_standard=True)
+        buf.write(head)
         buf.is_little_endian = ts.is_little_endian
         buf.is_implicit_VR = ts.is_implicit_VR
         try:
@@ -407,6 +405,32 @@ def to_part10(ds: Dataset, tail: bytes = b"") -> bytes:
     if tail:
         buf.write(tail)
     return buf.getvalue()
+
+
+def _meta_group(meta) -> bytes:  # noqa: ANN001 - FileMetaDataset
+    """The File Meta Information group (PS3.10 §7.1), Explicit VR Little Endian, by hand.
+
+    Written directly (pydicom's writer deep-copies and validates the group on every call);
+    only the attributes a de-identified file keeps: version, SOP class / instance, transfer
+    syntax, implementation class UID and version name.
+    """
+    def el(elem: int, vr: bytes, value: bytes) -> bytes:
+        if len(value) % 2:
+            value += b"\0" if vr == b"UI" else b" "
+        if vr == b"OB":
+            return (b"\x02\x00" + elem.to_bytes(2, "little") + vr + b"\0\0"
+                    + len(value).to_bytes(4, "little") + value)
+        return b"\x02\x00" + elem.to_bytes(2, "little") + vr + len(value).to_bytes(2, "little") + value
+
+    def text(kw: str) -> bytes:
+        return str(meta.get(kw, "") or "").encode("ascii", "replace")
+
+    body = (el(0x0001, b"OB", b"\x00\x01") + el(0x0002, b"UI", text("MediaStorageSOPClassUID"))
+            + el(0x0003, b"UI", text("MediaStorageSOPInstanceUID"))
+            + el(0x0010, b"UI", text("TransferSyntaxUID"))
+            + el(0x0012, b"UI", text("ImplementationClassUID"))
+            + el(0x0013, b"SH", text("ImplementationVersionName")))
+    return el(0x0000, b"UL", len(body).to_bytes(4, "little")) + body
 
 
 _FAST_TS = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
