@@ -317,3 +317,17 @@ def test_per_frame_rescale_from_functional_groups(tmp_path):
     by_frame = {f: vol.array[k] for k, f in enumerate(vol.frame_numbers)}
     np.testing.assert_allclose(by_frame[1], raw[0] - 1024, atol=1e-3)
     np.testing.assert_allclose(by_frame[2], raw[1] * 0.5 - 1000, atol=1e-3)
+
+
+def test_metatensor_matches_monai_reading_the_same_series(tmp_path):
+    from monai.data import PydicomReader
+    from monai.transforms import LoadImage
+
+    vol = phantom(shape=(6, 12, 14), direction=ORIENTATIONS["oblique"])
+    write_series(tmp_path / "s", vol, seed="monai", shuffle=False)  # MONAI orders by InstanceNumber
+    loaded = load_files(sorted((tmp_path / "s").glob("*.dcm")))
+    ours = loaded.to_metatensor()
+    theirs = LoadImage(reader=PydicomReader(), image_only=True)(str(tmp_path / "s"))
+    assert tuple(theirs.shape) == tuple(ours.shape)
+    np.testing.assert_allclose(np.asarray(theirs), np.asarray(ours), atol=1e-3)
+    np.testing.assert_allclose(np.asarray(theirs.affine), np.asarray(ours.affine), atol=1e-4)

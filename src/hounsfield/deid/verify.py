@@ -16,7 +16,9 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID_dictionary
 
-from hounsfield.deid.engine import DUMMIES, PSEUDONYM_RE, _identifiers, temporal_ok
+from pydicom.datadict import keyword_for_tag
+
+from hounsfield.deid.engine import DUMMIES, PSEUDONYM_RE, _dictionary_vr, _identifiers, temporal_ok
 from hounsfield.deid.profile import DEFAULT_SAFE_PRIVATE, DeidOptions, SafePrivate, class_action, resolve, rule_for
 
 #: free-text VRs searched for the original's identifiers (CS holds defined terms, not text)
@@ -101,12 +103,10 @@ def _dates(ds: Dataset) -> dict[int, set[str]]:
 
 def _walk(ds: Dataset, prefix: str, opts: DeidOptions, safe: set, rx: re.Pattern | None,
           orig_dates: dict[int, set[str]], leaks: list[Leak]) -> None:
-    for elem in ds:
-        tag = elem.tag
-        path = f"{prefix}({tag.group:04X},{tag.element:04X})"
-        kw = elem.keyword or "private" if tag.is_private else elem.keyword or "unknown"
+    for tag in list(ds.keys()):
         if tag.group == 0x0002 or int(tag) in OWN:
             continue
+        path = f"{prefix}({tag.group:04X},{tag.element:04X})"
         if tag.is_private:
             if 0x0010 <= tag.element <= 0x00FF:
                 if not opts.retain_safe_private:
@@ -115,14 +115,20 @@ def _walk(ds: Dataset, prefix: str, opts: DeidOptions, safe: set, rx: re.Pattern
             creator = ds.get((tag.group << 16) | (tag.element >> 8))
             key = (str(creator.value).strip().upper() if creator else "", tag.group, tag.element & 0xFF)
             if not (opts.retain_safe_private and key in safe):
-                leaks.append(Leak(path, kw, "private attribute not on the safe list"))
+                leaks.append(Leak(path, "private", "private attribute not on the safe list"))
             continue
+        raw = ds.get_item(tag)
+        vr = raw.VR if raw.VR and raw.VR != "UN" else _dictionary_vr(tag)
         rule = rule_for(tag)
-        action = resolve(rule, opts) if rule else class_action(tag, elem.VR, opts)
-        vals = _values(elem.value) if elem.VR != "SQ" else []
+        action = resolve(rule, opts) if rule else class_action(tag, vr, opts)
+        kw = keyword_for_tag(tag) or "unknown"
         if action == "X":
             leaks.append(Leak(path, kw, "must be removed"))
             continue
+        if action == "K" and vr not in TEXTUAL and vr not in ("UI", "SQ"):
+            continue  # kept, holds no text: no need to decode it
+        elem = ds[tag]
+        vals = _values(elem.value) if elem.VR != "SQ" else []
         if elem.VR == "SQ":
             if action == "Z" and len(elem.value):
                 leaks.append(Leak(path, kw, "sequence must be empty"))
