@@ -17,16 +17,25 @@ def register(app: typer.Typer) -> None:
     app.command("reidentify")(reidentify_cmd)
 
 
+def _flag(name: str, help_text: str = "") -> object:
+    return typer.Option(f"--{name}/--no-{name}", help=help_text or None)
+
+
+Flag = Optional[bool]
+
+
 def deid_cmd(
     ctx: typer.Context,
     uids: Annotated[list[str], typer.Argument(help="study, series or instance UIDs")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder (default: into the archive)")] = None,
-    modified_dates: Annotated[Optional[bool], typer.Option("--modified-dates/--no-modified-dates", help="Retain Longitudinal Temporal Information with Modified Dates")] = None,
-    patient_characteristics: Annotated[Optional[bool], typer.Option("--patient-characteristics/--no-patient-characteristics")] = None,
-    device_identity: Annotated[Optional[bool], typer.Option("--device-identity/--no-device-identity")] = None,
-    institution_identity: Annotated[Optional[bool], typer.Option("--institution-identity/--no-institution-identity")] = None,
-    clean_descriptors: Annotated[Optional[bool], typer.Option("--clean-descriptors/--no-clean-descriptors")] = None,
-    safe_private: Annotated[Optional[bool], typer.Option("--safe-private/--no-safe-private")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="folder (default: into the archive)")] = None,
+    modified_dates: Annotated[Flag, _flag(
+        "modified-dates", "Retain Longitudinal Temporal Information with Modified Dates")] = None,
+    patient_characteristics: Annotated[Flag, _flag("patient-characteristics")] = None,
+    device_identity: Annotated[Flag, _flag("device-identity")] = None,
+    institution_identity: Annotated[Flag, _flag("institution-identity")] = None,
+    clean_descriptors: Annotated[Flag, _flag("clean-descriptors")] = None,
+    safe_private: Annotated[Flag, _flag("safe-private")] = None,
 ) -> None:
     """De-identify studies / series (PS3.15 Basic Profile + options) into the archive or a folder."""
     from hounsfield.archive.query import instances_of
