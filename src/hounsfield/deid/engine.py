@@ -377,7 +377,8 @@ def to_part10(ds: Dataset, tail: bytes = b"") -> bytes:
     meta.ImplementationVersionName = f"HOUNSFIELD_{__version__}"[:16]
     ts = meta.TransferSyntaxUID
     enc = getattr(ds, "original_encoding", (None, None))
-    if enc[0] is not None and not ts.is_encapsulated and (enc[0], enc[1]) != (ts.is_implicit_VR, ts.is_little_endian):
+    declared = (ts.is_implicit_VR, ts.is_little_endian)
+    if enc[0] is not None and not ts.is_encapsulated and (enc[0], enc[1]) != declared:
         # the file said one native syntax and was encoded in another (read leniently): say
         # what the (raw, kept) elements really are
         ts = (ImplicitVRLittleEndian if enc[0] else
@@ -467,9 +468,11 @@ def deidentify_bytes(engine: Deidentifier, data: bytes) -> tuple[bytes, DeidResu
     ts = ds.file_meta.get("TransferSyntaxUID") if getattr(ds, "file_meta", None) else None
     tail = None
     enc = getattr(ds, "original_encoding", (None, None))
-    if ts is not None and (enc[0], enc[1]) == (ts.is_implicit_VR, ts.is_little_endian) and (str(ts) in _FAST_TS or (ts.is_encapsulated and ts.is_little_endian
-                                                    and not ts.is_deflated)):
-        tail = _pixel_tail(data, fp.tell(), ts)
+    if ts is not None and (enc[0], enc[1]) == (ts.is_implicit_VR, ts.is_little_endian):
+        native = str(ts) in _FAST_TS
+        encapsulated = ts.is_encapsulated and ts.is_little_endian and not ts.is_deflated
+        if native or encapsulated:
+            tail = _pixel_tail(data, fp.tell(), ts)
     flagged = burned_in_reason(ds, has_pixels=bool(tail))
     if tail is None or (flagged and matching_rule(ds, engine.pixel_rules) is not None):
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
