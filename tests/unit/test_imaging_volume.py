@@ -331,3 +331,23 @@ def test_metatensor_matches_monai_reading_the_same_series(tmp_path):
     assert tuple(theirs.shape) == tuple(ours.shape)
     np.testing.assert_allclose(np.asarray(theirs), np.asarray(ours), atol=1e-3)
     np.testing.assert_allclose(np.asarray(theirs.affine), np.asarray(ours.affine), atol=1e-4)
+
+
+@pytest.mark.parametrize("orient", ["axial", "oblique"])
+def test_enhanced_multiframe_from_highdicom_matches(tmp_path, orient):
+    """highdicom's Legacy Converted Enhanced CT (per-frame functional groups) of our series."""
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+    from pydicom.uid import generate_uid
+
+    vol = phantom(shape=(5, 12, 14), direction=ORIENTATIONS[orient])
+    paths = write_series(tmp_path / "s", vol, seed=f"mf-{orient}")
+    mf = LegacyConvertedEnhancedCTImage([pydicom.dcmread(p) for p in paths],
+                                        series_instance_uid=generate_uid(), series_number=9,
+                                        sop_instance_uid=generate_uid(), instance_number=1)
+    out = tmp_path / "mf.dcm"
+    mf.save_as(out)
+    loaded = load_files([out])
+    assert loaded.same_geometry(vol)
+    np.testing.assert_array_equal(loaded.array, vol.array)
+    assert sorted(loaded.frame_numbers) == [1, 2, 3, 4, 5]
+    assert_same(loaded, sitk.ReadImage(str(out)))
