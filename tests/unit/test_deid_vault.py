@@ -181,3 +181,14 @@ def test_deid_and_reidentification_reach_the_audit_trail(archive, ct_study):
         events = query(s)
     actions = {(e.action, e.actor) for e in events}
     assert ("DEIDENTIFY", "carol") in actions and ("REIDENTIFY", "bob") in actions
+
+
+def test_bad_pixel_region_settings_are_a_configuration_error(tmp_path):
+    from hounsfield.deid.service import deidentifier_from_settings
+
+    s = load_settings(data_dir=tmp_path, profile="demo", deid={"pixel_regions": [{"regions": "top"}]})
+    with pytest.raises(ConfigurationError, match="pixel_regions"):
+        deidentifier_from_settings(s)
+    ok = load_settings(data_dir=tmp_path, profile="demo",
+                       deid={"pixel_regions": [{"modality": "US", "regions": [[0, 0, 10, 10]]}]})
+    assert deidentifier_from_settings(ok).pixel_rules[0].regions == [(0, 0, 10, 10)]

@@ -26,7 +26,7 @@ from hounsfield.deid.pixels import PixelRegionRule
 from hounsfield.deid.profile import DEFAULT_SAFE_PRIVATE, EDITION, DeidOptions, SafePrivate
 from hounsfield.deid.vault import Vault, uid_key
 from hounsfield.deid.verify import Reference, verify
-from hounsfield.errors import InvalidDicom, NotFound
+from hounsfield.errors import ConfigurationError, InvalidDicom, NotFound
 
 BATCH = 64
 
@@ -48,12 +48,19 @@ def options_from_settings(settings: Settings, **overrides: bool) -> DeidOptions:
 
 
 def deidentifier_from_settings(settings: Settings, options: DeidOptions | None = None) -> Deidentifier:
+    from pydantic import ValidationError
+
     d = settings.deid
+    try:
+        safe = [SafePrivate(**x) for x in d.safe_private]
+        rules = [PixelRegionRule(**x) for x in d.pixel_regions]
+    except (TypeError, ValidationError) as exc:
+        raise ConfigurationError(f"invalid deid.safe_private / deid.pixel_regions: {exc}") from exc
     return Deidentifier(
         key=uid_key(settings),
         options=options or options_from_settings(settings),
-        safe_private=list(DEFAULT_SAFE_PRIVATE) + [SafePrivate(**x) for x in d.safe_private],
-        pixel_rules=[PixelRegionRule(**x) for x in d.pixel_regions],
+        safe_private=list(DEFAULT_SAFE_PRIVATE) + safe,
+        pixel_rules=rules,
         max_date_shift_days=d.max_date_shift_days,
     )
 
