@@ -8,7 +8,14 @@ from typing import Annotated, Optional
 import typer
 
 from hounsfield import __version__
-from hounsfield.cli import ai_cmds, archive_cmds, demo_cmds, evaluate_cmds
+from hounsfield.cli import (
+    ai_cmds,
+    archive_cmds,
+    deid_cmds,
+    demo_cmds,
+    evaluate_cmds,
+    imaging_cmds,
+)
 from hounsfield.cli.common import State
 
 app = typer.Typer(
@@ -43,5 +50,7 @@ def version() -> None:
 
 archive_cmds.register(app)
 demo_cmds.register(app)
+imaging_cmds.register(app)
+deid_cmds.register(app)
 evaluate_cmds.register(app)
 ai_cmds.register(app)
