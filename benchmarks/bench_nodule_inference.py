@@ -62,7 +62,7 @@ def main() -> None:
     net.eval()
     shape = tuple(int(v) for v in args.shape.split(","))
     spacing = tuple(float(v) for v in args.spacing.split(","))
-    ct = Volume(chest_phantom(shape, spacing), spacing, (0.0, 0.0, 0.0), np.eye(3), "bench")
+    ct = Volume(chest_phantom(shape, spacing), spacing, (0.0, 0.0, 0.0), np.eye(3), series_instance_uid="bench")
     t0 = time.perf_counter()
     prep = recipe.plan.apply(ct)
     t_prep = time.perf_counter() - t0

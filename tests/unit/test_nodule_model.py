@@ -9,7 +9,7 @@ import torch
 from hounsfield.deploy.inference import sliding_window
 from hounsfield.errors import InvalidInput
 from hounsfield.models.detector import NetworkSpec, build_network, decode, heatmap_targets
-from hounsfield.models.volume import PreprocessPlan, Volume
+from hounsfield.models.volume import PreprocessPlan, Volume, to_patient, to_voxel
 from hounsfield.train.recipe import load_recipe
 
 
@@ -63,12 +63,17 @@ def test_volume_geometry_round_trip() -> None:
     direction = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1.0]])
     vol = Volume(np.zeros((5, 6, 7), np.float32), (0.8, 0.7, 2.5), (10.0, -20.0, 30.0), direction)
     zyx = np.array([[1.5, 2.0, 3.25], [4.0, 5.0, 6.0]])
-    np.testing.assert_allclose(vol.to_voxel(vol.to_patient(zyx)), zyx, atol=1e-9)
+    np.testing.assert_allclose(to_voxel(vol, to_patient(vol, zyx)), zyx, atol=1e-9)
+    # voxel (k, j, i) = (1, 2, 3) lies at origin + direction @ (3*0.8, 2*0.7, 1*2.5)
+    np.testing.assert_allclose(to_patient(vol, np.array([[1.0, 2.0, 3.0]]))[0],
+                               np.array([10.0, -20.0, 30.0]) + direction @ [2.4, 1.4, 2.5])
+    vol.array[:] = -2000.0
+    vol.array[2, 3, 3] = 0.0
     prep = PreprocessPlan(spacing_mm=(1.6, 1.4, 2.5)).apply(vol)
     assert prep.array.shape == (5, 3, 4) and prep.array.dtype == np.float32
-    # the corner voxels keep their patient position after resampling
-    np.testing.assert_allclose(prep.to_patient(np.array([[4.0, 2.0, 3.0]])),
-                               vol.to_patient(np.array([[4.0, 5.0, 6.0]])), atol=1e-6)
+    assert prep.spacing == (1.6, 1.4, 2.5) and 0.0 <= prep.array.min() <= prep.array.max() <= 1.0
+    # voxel 0 keeps its patient position after resampling (same origin and direction)
+    np.testing.assert_allclose(to_patient(prep, np.zeros((1, 3))), to_patient(vol, np.zeros((1, 3))))
 
 
 def test_recipes_validate(tmp_path) -> None:

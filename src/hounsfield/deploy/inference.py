@@ -19,7 +19,7 @@ import torch
 
 from hounsfield.errors import InvalidInput
 from hounsfield.models.detector import decode
-from hounsfield.models.volume import PreprocessPlan, Volume
+from hounsfield.models.volume import PreprocessPlan, Volume, to_patient
 
 Precision = Literal["fp32", "bf16", "amp"]
 
@@ -146,7 +146,7 @@ class DetectorRunner:
         dets = decode(out, threshold=self.threshold, top_k=self.top_k)
         findings = []
         if dets:
-            mm = prep.to_patient(np.array([d.zyx for d in dets]))
+            mm = to_patient(prep, np.array([d.zyx for d in dets]))
             findings = [Finding(float(p[0]), float(p[1]), float(p[2]), d.diameter_mm,
                                 d.probability) for p, d in zip(mm, dets)]
         return InferenceResult(vol.series_instance_uid, findings, {

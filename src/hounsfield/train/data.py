@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from hounsfield.models.detector import heatmap_targets
-from hounsfield.models.volume import PreprocessPlan, Volume, load_series
+from hounsfield.models.volume import PreprocessPlan, Volume, load_series, to_voxel
 
 
 @dataclass
@@ -45,7 +45,7 @@ def prepare_split(archive, ds, split: str, plan: PreprocessPlan, cache_dir: Path
         vol = _cached(archive, r, plan, cache_dir)
         nods = ds.nodules([r["series_instance_uid"]])
         if nods:
-            zyx = vol.to_voxel(np.array([(n.x, n.y, n.z) for n in nods]))
+            zyx = to_voxel(vol, np.array([(n.x, n.y, n.z) for n in nods]))
             dm = np.array([n.diameter_mm for n in nods], dtype=np.float32)
         else:
             zyx, dm = np.zeros((0, 3)), np.zeros(0, dtype=np.float32)
@@ -63,7 +63,7 @@ def _cached(archive, row, plan: PreprocessPlan, cache_dir: Path | None) -> Volum
         if f.is_file():
             z = np.load(f)
             return Volume(z["array"], tuple(z["spacing"].tolist()), tuple(z["origin"].tolist()),
-                          z["direction"], uid)
+                          z["direction"], modality="CT", series_instance_uid=uid)
     vol = plan.apply(load_series(archive, uid))
     if cache_dir is not None:
         f.parent.mkdir(parents=True, exist_ok=True)
