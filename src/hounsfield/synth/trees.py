@@ -63,7 +63,7 @@ def paint(vol: np.ndarray, lab: np.ndarray | None, grid: Grid, tubes: Tubes,
     ``offset`` converts phantom to grid (patient) coordinates.  Occupancy ramps over one
     in-plane pixel at the surface, a cheap partial-volume model; where tubes of one set
     overlap the larger occupancy counts (their union).  Long tubes are cut into pieces so each
-    bounding box stays tight; small boxes are computed many at a time.
+    bounding box stays tight; boxes are computed many at a time.
     """
     if len(tubes) == 0:
         return
@@ -77,26 +77,21 @@ def paint(vol: np.ndarray, lab: np.ndarray | None, grid: Grid, tubes: Tubes,
     i1 = np.minimum(np.ceil((np.maximum(a, b) + r - org) / sp).astype(int) + 1, shp)
     size = i1 - i0
     keep = (size > 0).all(axis=1)
-    a, b, ra, rb, i0, i1, size = a[keep], b[keep], ra[keep], rb[keep], i0[keep], i1[keep], size[keep]
+    a, b, ra, rb, i0, size = a[keep], b[keep], ra[keep], rb[keep], i0[keep], size[keep]
     if not len(a):
         return
     buf = np.zeros(vol.size, np.uint8)
     touched: list[np.ndarray] = []
-    small = (size <= 16).all(axis=1)
-    idx = np.flatnonzero(small)
-    key = (size[idx, 2] * 64 + size[idx, 1]) * 64 + size[idx, 0]
-    idx = idx[np.argsort(key, kind="stable")]
-    # batches of similar small boxes, padded to the largest box of the batch (~1M voxels)
-    c0 = 0
-    while c0 < len(idx):
-        n = max(int(500_000 // size[idx[min(c0 + 255, len(idx) - 1)]].prod()), 1)
-        sel = idx[c0:c0 + min(n, 4096)]
-        c0 += len(sel)
-        touched.append(_occupancy(buf, grid, a[sel], b[sel], ra[sel], rb[sel], i0[sel],
-                                  size[sel].max(axis=0), i1[sel], w))
-    for k in np.flatnonzero(~small):
-        touched.append(_occupancy(buf, grid, a[k:k + 1], b[k:k + 1], ra[k:k + 1], rb[k:k + 1],
-                                  i0[k:k + 1], size[k], i1[k:k + 1], w))
+    n_vox = size.prod(axis=1)
+    ends = np.cumsum(n_vox)
+    start = 0
+    while start < len(a):  # chunks of about 2M voxels, each box exactly its own size
+        stop = int(np.searchsorted(ends, (ends[start - 1] if start else 0) + 2_000_000,
+                                   side="right"))
+        stop = max(stop, start + 1)
+        sl = slice(start, stop)
+        touched.append(_occupancy(buf, grid, a[sl], b[sl], ra[sl], rb[sl], i0[sl], size[sl], w))
+        start = stop
     flat = np.concatenate(touched)
     if not len(flat):
         return
@@ -108,32 +103,39 @@ def paint(vol: np.ndarray, lab: np.ndarray | None, grid: Grid, tubes: Tubes,
         lab.reshape(-1)[flat[occ >= 0.5]] = np.uint8(tubes.label)
 
 
-def _occupancy(buf: np.ndarray, grid: Grid, a, b, ra, rb, i0, box, i1, w: float) -> np.ndarray:
-    """Occupancy of capsules (n of them, boxes of size ``box`` from ``i0``) into ``buf``
-    (uint8, max); returns the flat indices written."""
+def _occupancy(buf: np.ndarray, grid: Grid, a, b, ra, rb, i0, size, w: float) -> np.ndarray:
+    """Occupancy of capsules (boxes ``size`` voxels from ``i0``, x/y/z order) into ``buf``
+    (uint8, max over capsules); returns the flat indices written.  All boxes of the chunk are
+    laid out as one ragged 1-D array, so no work is spent on padding."""
     (ox, oy, oz), (sx, sy, sz) = grid.origin, grid.spacing
     nz, ny, nx = grid.shape
-    bx, by, bz = (int(v) for v in box)
-    ix = i0[:, 0, None] + np.arange(bx)
-    iy = i0[:, 1, None] + np.arange(by)
-    iz = i0[:, 2, None] + np.arange(bz)
-    px = (ox + sx * ix - a[:, 0, None]).astype(np.float32)[:, None, None, :]
-    py = (oy + sy * iy - a[:, 1, None]).astype(np.float32)[:, None, :, None]
-    pz = (oz + sz * iz - a[:, 2, None]).astype(np.float32)[:, :, None, None]
+    n = size.prod(axis=1)
+    seg = np.repeat(np.arange(len(n)), n)
+    local = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    bx = size[seg, 0]
+    by = size[seg, 1]
+    lx = local % bx
+    rest = local // bx
+    ly = rest % by
+    lz = rest // by
+    ix = i0[seg, 0] + lx
+    iy = i0[seg, 1] + ly
+    iz = i0[seg, 2] + lz
     ab = (b - a).astype(np.float32)
     ll = np.maximum((ab * ab).sum(axis=1), 1e-9)
     abn = ab / ll[:, None]
-    e = (slice(None), None, None, None)
-    t = px * abn[:, 0][e] + py * abn[:, 1][e] + pz * abn[:, 2][e]
+    af = a.astype(np.float32)
+    px = (np.float32(ox) + np.float32(sx) * ix).astype(np.float32) - af[seg, 0]
+    py = (np.float32(oy) + np.float32(sy) * iy).astype(np.float32) - af[seg, 1]
+    pz = (np.float32(oz) + np.float32(sz) * iz).astype(np.float32) - af[seg, 2]
+    t = px * abn[seg, 0] + py * abn[seg, 1] + pz * abn[seg, 2]
     np.clip(t, 0.0, 1.0, out=t)
-    d2 = np.square(px - t * ab[:, 0][e]) + np.square(py - t * ab[:, 1][e]) \
-        + np.square(pz - t * ab[:, 2][e])
-    rad = ra.astype(np.float32)[e] + (rb - ra).astype(np.float32)[e] * t
+    d2 = np.square(px - t * ab[seg, 0]) + np.square(py - t * ab[seg, 1]) \
+        + np.square(pz - t * ab[seg, 2])
+    rad = ra.astype(np.float32)[seg] + (rb - ra).astype(np.float32)[seg] * t
     occ = (rad - np.sqrt(d2)) * np.float32(1.0 / w) + np.float32(0.5)
-    valid = (occ > 0) & (ix < i1[:, 0, None])[:, None, None, :] \
-        & (iy < i1[:, 1, None])[:, None, :, None] & (iz < i1[:, 2, None])[:, :, None, None]
-    flat = ((iz[:, :, None, None] * ny + iy[:, None, :, None]) * nx + ix[:, None, None, :])
-    flat = np.broadcast_to(flat, valid.shape)[valid]
+    valid = occ > 0
+    flat = (iz[valid] * ny + iy[valid]) * nx + ix[valid]
     q = (np.minimum(occ[valid], 1.0) * 255.0 + 0.5).astype(np.uint8)
     np.maximum.at(buf, flat, q)
     return flat
