@@ -170,9 +170,10 @@ def load_sites(path: Path | str) -> dict[str, SiteProfile]:
         try:
             profile = SiteProfile.model_validate(entry)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(site)"
-            raise InvalidInput(f"site file {path}, site #{i + 1}: {where}: {first['msg']}") from exc
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(site)'}: {e['msg']}"
+                for e in exc.errors())
+            raise InvalidInput(f"site file {path}, site #{i + 1}: {problems}") from exc
         if profile.name in out:
             raise InvalidInput(f"site file {path}: site {profile.name!r} defined twice")
         out[profile.name] = profile

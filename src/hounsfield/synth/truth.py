@@ -110,4 +110,23 @@ def make_seg(ct: CTStudy) -> Dataset | None:
         series_description="Nodule truth (synthetic)",
         content_creator_name="Hounsfield^Synth",
     )
+    _pin_volatile(seg, ct)
     return seg
+
+
+def _pin_volatile(seg: Dataset, ct: CTStudy) -> None:
+    """highdicom stamps the wall-clock time and a random dimension organisation UID; pin them
+    to the study's values so that the same seed gives the same bytes (a re-run is a duplicate,
+    not a conflict)."""
+    when = ct.study.time + ".000000"
+    seg.InstanceCreationDate = seg.ContentDate = ct.study.date
+    seg.InstanceCreationTime = seg.ContentTime = when
+    for item in seg.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = ct.study.date + when
+    dim_uid = derived_uid(UID_NAMESPACE, ct.series_uid, "seg-dimensions")
+    for item in seg.get("DimensionOrganizationSequence", []):
+        item.DimensionOrganizationUID = dim_uid
+    for item in seg.get("DimensionIndexSequence", []):
+        if "DimensionOrganizationUID" in item:
+            item.DimensionOrganizationUID = dim_uid
