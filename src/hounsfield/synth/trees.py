@@ -20,6 +20,9 @@ import numpy as np
 from hounsfield.synth.anatomy import Body, Tissue, classify, tissue_hu
 from hounsfield.synth.grid import Grid
 
+CHUNK = 262_144   # voxels per vectorised batch of capsules
+PIECE = 12.0      # longest piece of a tube, in (radius + voxel) units
+
 
 @dataclass
 class Tubes:
@@ -68,7 +71,7 @@ def paint(vol: np.ndarray, lab: np.ndarray | None, grid: Grid, tubes: Tubes,
     if len(tubes) == 0:
         return
     w = float(min(grid.spacing[0], grid.spacing[1]))
-    a, b, ra, rb = _split(tubes.a + offset, tubes.b + offset, tubes.ra, tubes.rb)
+    a, b, ra, rb = _split(tubes.a + offset, tubes.b + offset, tubes.ra, tubes.rb, w)
     r = np.maximum(ra, rb)[:, None] + w
     org = np.array(grid.origin)
     sp = np.array(grid.spacing)
@@ -85,8 +88,8 @@ def paint(vol: np.ndarray, lab: np.ndarray | None, grid: Grid, tubes: Tubes,
     n_vox = size.prod(axis=1)
     ends = np.cumsum(n_vox)
     start = 0
-    while start < len(a):  # chunks of about 2M voxels, each box exactly its own size
-        stop = int(np.searchsorted(ends, (ends[start - 1] if start else 0) + 2_000_000,
+    while start < len(a):  # chunks of ~256k voxels (cache-sized), each box exactly its size
+        stop = int(np.searchsorted(ends, (ends[start - 1] if start else 0) + CHUNK,
                                    side="right"))
         stop = max(stop, start + 1)
         sl = slice(start, stop)
@@ -109,9 +112,11 @@ def _occupancy(buf: np.ndarray, grid: Grid, a, b, ra, rb, i0, size, w: float) ->
     laid out as one ragged 1-D array, so no work is spent on padding."""
     (ox, oy, oz), (sx, sy, sz) = grid.origin, grid.spacing
     nz, ny, nx = grid.shape
+    size = size.astype(np.int32)
+    i0 = i0.astype(np.int32)
     n = size.prod(axis=1)
-    seg = np.repeat(np.arange(len(n)), n)
-    local = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    seg = np.repeat(np.arange(len(n), dtype=np.int32), n)
+    local = np.arange(int(n.sum()), dtype=np.int32) - np.repeat((np.cumsum(n) - n).astype(np.int32), n)
     bx = size[seg, 0]
     by = size[seg, 1]
     lx = local % bx
@@ -135,20 +140,21 @@ def _occupancy(buf: np.ndarray, grid: Grid, a, b, ra, rb, i0, size, w: float) ->
     rad = ra.astype(np.float32)[seg] + (rb - ra).astype(np.float32)[seg] * t
     occ = (rad - np.sqrt(d2)) * np.float32(1.0 / w) + np.float32(0.5)
     valid = occ > 0
-    flat = (iz[valid] * ny + iy[valid]) * nx + ix[valid]
+    flat = (iz[valid].astype(np.int64) * ny + iy[valid]) * nx + ix[valid]
     q = (np.minimum(occ[valid], 1.0) * 255.0 + 0.5).astype(np.uint8)
     np.maximum.at(buf, flat, q)
     return flat
 
 
-def _split(a: np.ndarray, b: np.ndarray, ra: np.ndarray, rb: np.ndarray, max_ratio: float = 6.0):
-    """Cut tubes longer than ``max_ratio`` radii (+12 mm) into equal pieces."""
+def _split(a: np.ndarray, b: np.ndarray, ra: np.ndarray, rb: np.ndarray, w: float):
+    """Cut tubes into pieces no longer than PIECE (radius + voxel): a thin oblique tube's bounding
+    box would otherwise be mostly empty space."""
     length = np.linalg.norm(b - a, axis=1)
-    pieces = np.maximum(np.ceil(length / (max_ratio * np.maximum(ra, rb) + 12.0)), 1).astype(int)
+    pieces = np.maximum(np.ceil(length / (PIECE * (np.maximum(ra, rb) + w))), 1).astype(int)
     if (pieces == 1).all():
         return a, b, ra, rb
     idx = np.repeat(np.arange(len(a)), pieces)
-    start = np.concatenate([np.arange(p) for p in pieces]) / pieces[idx]
+    start = (np.arange(len(idx)) - np.repeat(np.cumsum(pieces) - pieces, pieces)) / pieces[idx]
     stop = start + 1.0 / pieces[idx]
     d = (b - a)[idx]
     dr = (rb - ra)[idx]
