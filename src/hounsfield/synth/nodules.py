@@ -29,7 +29,6 @@ Shape = Literal["round", "lobulated", "spiculated"]
 Location = Literal["isolated", "juxtapleural", "juxtavascular"]
 
 COUNT_P = (0.25, 0.3, 0.2, 0.12, 0.08, 0.05)   # P(0..5 nodules)
-_DIRS = None
 
 
 @dataclass
@@ -56,18 +55,18 @@ class Nodule:
         return self.scale * r
 
 
-def _unit_dirs(n: int = 4000) -> np.ndarray:
-    global _DIRS
-    if _DIRS is None or len(_DIRS) != n:
-        g = np.random.default_rng(12345).standard_normal((n, 3))
-        _DIRS = g / np.linalg.norm(g, axis=1, keepdims=True)
-    return _DIRS
+def _fixed_dirs(n: int = 4000) -> np.ndarray:
+    g = np.random.default_rng(12345).standard_normal((n, 3))
+    return g / np.linalg.norm(g, axis=1, keepdims=True)
+
+
+_DIRS = _fixed_dirs()  # a fixed quadrature of directions (read-only) for volume integrals
 
 
 def _normalise(n: Nodule) -> None:
     """Set ``scale`` so that the body's volume equals that of a sphere of the diameter."""
     n.scale = 1.0
-    mean_r3 = float(np.mean(n.radius(_unit_dirs()) ** 3))
+    mean_r3 = float(np.mean(n.radius(_DIRS) ** 3))
     n.scale = (n.diameter / 2.0) / mean_r3 ** (1.0 / 3.0)
 
 

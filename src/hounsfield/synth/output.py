@@ -22,6 +22,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -31,6 +32,9 @@ from hounsfield.synth.ct import CTStudy, NoduleTruth, generate_ct, to_part10  # 
 from hounsfield.synth.dx import DXTruth, DXStudy, generate_dx
 from hounsfield.synth.sites import SiteProfile, resolve_site
 from hounsfield.synth.truth import make_seg, write_annotations, write_csv, write_mask_nifti
+
+if TYPE_CHECKING:
+    from hounsfield.archive import Archive
 
 
 @dataclass
@@ -175,7 +179,7 @@ def synth_to_folder(out: Path | str, cases: Iterable[SynthCase], *,
     return report
 
 
-def synth_to_archive(archive, sites: Iterable[str | SiteProfile], patients_per_site: int, *,
+def synth_to_archive(archive: Archive, sites: Iterable[str | SiteProfile], patients_per_site: int, *,
                      truth_dir: Path | str | None = None,
                      on_case: Callable[[SynthCase], None] | None = None,
                      **options) -> SynthReport:

@@ -99,6 +99,13 @@ class SiteProfile(BaseModel):
                              f"{self.name_script} names")
         if self.pixel_representation == 0 and self.bits_stored == 16 and self.rescale_intercept > -1024:
             raise ValueError("unsigned pixels need rescale_intercept <= -1024 to store air")
+        if self.padding_hu is not None:
+            stored = self.padding_hu - self.rescale_intercept
+            lo = -(2 ** (self.bits_stored - 1)) if self.pixel_representation else 0
+            hi = 2 ** (self.bits_stored - (1 if self.pixel_representation else 0)) - 1
+            if not lo <= stored <= hi:
+                raise ValueError(f"padding_hu {self.padding_hu:g} cannot be stored with these "
+                                 "pixel_representation / bits_stored / rescale_intercept")
         return self
 
 
