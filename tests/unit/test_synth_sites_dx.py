@@ -144,3 +144,41 @@ def test_cli_lists_sites_with_a_sites_file(tmp_path):
     assert r.exit_code == 2 and "SLICESxROWSxCOLS" in r.output
     r = CliRunner().invoke(app, ["synth", "ct", "-n", "1", "-s", "nowhere", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "unknown site" in r.output
+
+
+def test_seg_round_trips_to_the_mask():
+    import io
+
+    import highdicom as hd
+    import pydicom
+
+    from hounsfield.synth import make_seg, to_part10
+
+    ct = generate_ct("jingdong", 31, shape=(20, 64, 64), nodules=2)
+    seg = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(to_part10(make_seg(ct)))))
+    assert [int(d.SegmentNumber) for d in seg.SegmentSequence] == [1, 2]
+    uids = [(ct.study_uid, ct.series_uid, d.SOPInstanceUID) for d in ct.datasets]
+    labelmap = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[u[2] for u in uids], combine_segments=True,
+        ignore_spatial_locations=True, skip_overlap_checks=True)
+    # source order is instance order = descending z; the mask is ascending z
+    assert np.array_equal(np.asarray(labelmap), ct.mask[::-1])
+
+
+def test_bad_generation_arguments_are_refused():
+    for kwargs in ({"seed": -1}, {"seed": 1, "nodules": 9}, {"seed": 1, "shape": (4, 8, 8)}):
+        seed = kwargs.pop("seed")
+        with pytest.raises(InvalidInput):
+            generate_ct("hanse", seed, **kwargs)
+    with pytest.raises(InvalidInput):
+        generate_dx("hanse", 1, matrix=10)
+
+
+def test_cli_dx_only(tmp_path):
+    r = CliRunner().invoke(app, ["synth", "dx", "-n", "2", "-s", "sakura", "--matrix", "128",
+                                 "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert len(list(tmp_path.rglob("*.dcm"))) == 2
+    rows = (tmp_path / "dx_truth.csv").read_text(encoding="utf-8").splitlines()
+    assert rows[0].startswith("sopinstanceuid,studyuid,patient_id,site,nodule_present")
+    assert not (tmp_path / "annotations.csv").read_text(encoding="utf-8").splitlines()[1:]

@@ -178,8 +178,10 @@ def static_labels(body: Body, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     lab[in_body] = Tissue.SKIN
     lab[((x / (body.a - 2.0)) ** 2 + (y / (body.b - 2.0)) ** 2 < 1.0) & (y < yb - 2.0)] = Tissue.FAT
     lab[(x / (body.a - body.fat)) ** 2 + (y / (body.b - 0.7 * body.fat)) ** 2 < 1.0] = Tissue.MUSCLE
-    paraspinal = (x / 42.0) ** 2 + ((y - body.spine_y) / (body.vertebra_r + 8.0)) ** 2 < 1.0
-    paraspinal |= (np.abs(x) < 42.0) & (y > body.spine_y)
+    # posterior mediastinum: the spine and the tissue just in front of it; the lungs wrap
+    # round its sides to the rib heads (paravertebral gutters)
+    paraspinal = (x / 32.0) ** 2 + ((y - body.spine_y) / (body.vertebra_r + 9.0)) ** 2 < 1.0
+    paraspinal |= (np.abs(x) < 26.0) & (y > body.spine_y)
     lab[((x / ca) ** 2 + (y / cb) ** 2 < 1.0) & ~paraspinal] = Tissue.MEDIASTINUM
     ry = y - body.spine_y
     rv = body.vertebra_r

@@ -142,6 +142,10 @@ def generate_ct(site: str | SiteProfile, seed: int, *, shape: tuple[int, int, in
         slices, rows, cols = shape
     else:
         rows = cols = matrix
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InvalidInput(f"seed must be a non-negative integer, got {seed!r}")
+    if nodules is not None and not 0 <= nodules <= 5:
+        raise InvalidInput(f"nodules must be 0..5, got {nodules}")
     for name, v, lo in (("rows", rows, 16), ("cols", cols, 16), ("slices", slices or 1, 1)):
         if not lo <= v <= 2048:
             raise InvalidInput(f"{name} must be {lo}..2048, got {v}")

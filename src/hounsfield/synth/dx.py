@@ -113,6 +113,8 @@ def generate_dx(site: str | SiteProfile, seed: int, *, matrix: int = 1024,
     -> same phantom, nodules and patient), with its truth.  Pass the CT's ``phantom`` to skip
     building it again (it must come from the same seed)."""
     site = resolve_site(site)
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InvalidInput(f"seed must be a non-negative integer, got {seed!r}")
     if not 64 <= matrix <= 4096:
         raise InvalidInput(f"matrix must be 64..4096, got {matrix}")
     ph_seed, _noise, head_rng = study_seeds(seed)
