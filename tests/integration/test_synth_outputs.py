@@ -49,7 +49,8 @@ def test_every_object_written_passes_dciodvfy(tmp_path, site):
         assert errors == [], f"{site} {name}: {errors}"
 
 
-def test_synth_to_archive_stores_every_object_with_the_site_label(archive):
+def test_synth_to_archive_stores_every_object_with_the_site_label(any_archive):
+    archive = any_archive
     report = synth_to_archive(archive, ["hanse", "lingnan"], 1, seed=3, nodules=1, **SMALL)
     assert report.cases == 2 and report.statuses == {"stored": report.instances}
     with archive.session() as s:

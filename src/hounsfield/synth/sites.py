@@ -129,13 +129,13 @@ BUILTIN_SITES: dict[str, SiteProfile] = {
             slice_spacing_mm=1.25, hu_offset=-8.0, hu_scale=1.01, fov_mm=360, contrast=False,
             pixel_representation=1, bits_stored=16, rescale_intercept=-1024.0, padding_hu=-3024.0,
             charset="ISO_IR 192", name_script="chinese", country="CN"),
-        # thick slices, smooth coarse noise, contrast, GB18030 Chinese
+        # thick overlapping slices, smooth coarse noise, contrast, GB18030 Chinese
         SiteProfile(
             name="lingnan", institution="Lingnan Central Hospital", station_name="ICT256",
             manufacturer="Philips", model="iCT 256", software_versions="4.1.6",
             kernel="B", kvp=100, tube_current_ma=160, noise_sd=9.0, noise_grain_mm=1.9,
             resolution_fwhm_mm=1.5, edge_enhancement=0.0, slice_thickness_mm=2.5,
-            slice_spacing_mm=2.5, hu_offset=12.0, hu_scale=0.98, fov_mm=400, contrast=True,
+            slice_spacing_mm=2.0, hu_offset=12.0, hu_scale=0.98, fov_mm=400, contrast=True,
             pixel_representation=0, bits_stored=12, rescale_intercept=-1024.0,
             charset="GB18030", name_script="chinese", country="CN"),
         # thin slices, medium-sharp kernel, negative offset, contrast, Japanese ISO 2022
@@ -143,8 +143,8 @@ BUILTIN_SITES: dict[str, SiteProfile] = {
             name="sakura", institution="Sakura University Hospital", station_name="AQONE",
             manufacturer="TOSHIBA", model="Aquilion ONE", software_versions="V6.0SP0001",
             kernel="FC52", kvp=120, tube_current_ma=220, noise_sd=22.0, noise_grain_mm=0.8,
-            resolution_fwhm_mm=0.9, edge_enhancement=0.4, slice_thickness_mm=0.625,
-            slice_spacing_mm=0.625, hu_offset=-15.0, hu_scale=1.02, fov_mm=320, contrast=True,
+            resolution_fwhm_mm=0.9, edge_enhancement=0.4, slice_thickness_mm=0.8,
+            slice_spacing_mm=0.8, hu_offset=-15.0, hu_scale=1.02, fov_mm=320, contrast=True,
             pixel_representation=1, bits_stored=16, rescale_intercept=0.0,
             charset="ISO 2022 IR 6\\ISO 2022 IR 87", name_script="japanese", country="JP"),
     )
