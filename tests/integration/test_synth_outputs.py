@@ -156,3 +156,31 @@ def test_cli_ct_into_the_archive(tmp_path):
     r = CliRunner().invoke(app, ["--data-dir", str(tmp_path / "var"), "studies"],
                            env={"COLUMNS": "200"})
     assert r.exit_code == 0 and "SYN-LINGNAN-00000" in r.output
+
+
+def test_a_peer_without_the_sop_class_is_reported_not_a_crash(tmp_path):
+    """storescp restricted to CT (a config file): the SEG and DX cannot go; we say so."""
+    if shutil.which("storescp") is None:
+        pytest.skip("dcmtk not installed")
+    cfg = tmp_path / "ct-only.cfg"
+    cfg.write_text(
+        "[[TransferSyntaxes]]\n[Uncompressed]\nTransferSyntax1 = LittleEndianExplicit\n"
+        "TransferSyntax2 = LittleEndianImplicit\n[[PresentationContexts]]\n[CTOnly]\n"
+        "PresentationContext1 = CTImageStorage\\Uncompressed\n[[Profiles]]\n[CT]\n"
+        "PresentationContexts = CTOnly\n", encoding="utf-8")
+    out = tmp_path / "in"
+    out.mkdir()
+    port = free_port()
+    proc = subprocess.Popen(["storescp", "--config-file", str(cfg), "CT", "--output-directory",
+                             str(out), str(port)], env=dict(os.environ, TCP_NODELAY="1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        report = send_cases(iter_cases(["hanse"], 1, nodules=1, **SMALL), f"ANY@127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert report.statuses["0x0000"] == 12
+    not_sent = {k: v for k, v in report.statuses.items() if k.startswith("not sent")}
+    assert sum(not_sent.values()) == 2, report.statuses
+    assert len(list(out.iterdir())) == 12

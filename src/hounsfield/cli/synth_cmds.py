@@ -147,8 +147,9 @@ def send_cmd(
             report = send_cases(cases, to, rate=rate, calling_ae=calling_ae,
                                 on_instance=lambda _d, _s: bar.advance(task))
         _print(report, None)
-        failed = sum(v for k, v in report.statuses.items() if k not in ("0x0000",)
-                     and not k.startswith("0xB"))
+        # success 0x0000 and warnings 0xB000-0xBFFF count as stored (PS3.4 B.2.3)
+        failed = sum(v for k, v in report.statuses.items()
+                     if k != "0x0000" and not k.startswith("0xB"))
         if failed:
             raise typer.Exit(1)
 

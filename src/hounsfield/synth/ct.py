@@ -166,6 +166,9 @@ def generate_ct(site: str | SiteProfile, seed: int, *, shape: tuple[int, int, in
     truth = []
     for i, n in enumerate(phantom.nodules, start=1):
         c = phantom.to_patient(n.centre)
+        if not grid.contains(c):  # a small field of view can cut a nodule off: no truth row
+            mask[mask == i] = 0
+            continue
         truth.append(NoduleTruth(series_uid, float(c[0]), float(c[1]), float(c[2]),
                                  float(n.diameter), n.kind, n.shape, n.location, site.name, i,
                                  study_uid, patient.patient_id))

@@ -50,6 +50,14 @@ class Grid:
             idx.append(min(max(i, 0), n - 1))
         return tuple(idx)  # type: ignore[return-value]
 
+    def contains(self, point: np.ndarray) -> bool:
+        """Whether ``point`` (x, y, z mm) lies inside the grid's voxels."""
+        for axis, n in ((2, self.shape[0]), (1, self.shape[1]), (0, self.shape[2])):
+            i = (point[axis] - self.origin[axis]) / self.spacing[axis]
+            if not -0.5 <= i < n - 0.5:
+                return False
+        return True
+
     def affine_lps(self) -> np.ndarray:
         """4x4 voxel (i=x, j=y, k=z index) -> patient LPS mm."""
         a = np.eye(4)

@@ -230,7 +230,8 @@ def render(vol: np.ndarray, mask: np.ndarray | None, grid: Grid, nodules: list[N
         body = d <= rad
         if mask is not None:
             mask[z0:z1, y0:y1, x0:x1][body] = i
-            mask[grid.index_of(c)] = i
+            if grid.contains(c):
+                mask[grid.index_of(c)] = i
         if lab is not None:
             lab[z0:z1, y0:y1, x0:x1][body] = np.uint8(Tissue.NODULE)
 

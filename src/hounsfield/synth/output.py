@@ -271,7 +271,12 @@ def send_cases(cases: Iterable[SynthCase], to: str, *, rate: float | None = None
                     if delay > 0:
                         time.sleep(delay)
                     next_at = max(next_at + interval, time.perf_counter() - interval)
-                status = assoc.send_c_store(ds)
+                try:
+                    status = assoc.send_c_store(ds)
+                except (ValueError, RuntimeError) as exc:  # no accepted presentation context
+                    key = f"not sent: {exc}"[:120]
+                    report.statuses[key] = report.statuses.get(key, 0) + 1
+                    continue
                 code = int(getattr(status, "Status", 0xFFFF)) if status else 0xFFFF
                 key = f"0x{code:04X}"
                 report.statuses[key] = report.statuses.get(key, 0) + 1
