@@ -1,11 +1,11 @@
 """The scanner model: how a site's CT turns the true phantom into stored pixel values.
 
-In order: HU calibration (``hu * scale + offset``), the in-plane point-spread function (a
-Gaussian of the site's FWHM) and, for sharp kernels, edge enhancement (unsharp mask); the slice
-sensitivity profile along z (Gaussian of FWHM = slice thickness); correlated noise (white noise
-filtered in-plane to the site's grain, scaled to the site's noise level and the patient's
-size); the reconstruction circle
-(outside it: air or the vendor's padding value); and quantisation to the stored integers.
+In order: HU calibration (``hu * scale + offset``); the in-plane point-spread function (a
+Gaussian of the site's FWHM, sharpened by an unsharp mask for edge-enhancing kernels, applied
+separably); the slice sensitivity profile along z (Gaussian of FWHM = slice thickness);
+correlated noise (white noise filtered in-plane to the site's grain, scaled to the site's noise
+level and the patient's size); the reconstruction circle (outside it: air or the vendor's
+padding value); and quantisation to the stored integers.
 
 Everything runs slab by slab in place (float32), so a 512x512x300 series needs about one extra
 slab of memory.  The noise comes from the generator passed in: same seed, same pixels.
