@@ -153,3 +153,13 @@ def test_nodule_variety_and_realistic_counts():
     assert kinds == {"solid", "part-solid", "ground-glass"}
     assert shapes == {"round", "lobulated", "spiculated"}
     assert locations == {"isolated", "juxtapleural", "juxtavascular"}
+
+
+def test_a_case_is_reproduced_from_its_recorded_seed():
+    from hounsfield.synth import case_seed, iter_cases
+
+    case = next(iter_cases(["sakura"], 1, seed=11, shape=(10, 48, 48), dx=False, seg=False))
+    assert case.seed == case_seed(11, "sakura", 0)
+    again = generate_ct("sakura", case.seed, shape=(10, 48, 48))
+    assert np.array_equal(again.pixels, case.ct.pixels)
+    assert case_seed(11, "sakura", 1) != case.seed != case_seed(11, "hanse", 0)
