@@ -25,7 +25,6 @@ from hounsfield.synth import (
 from hounsfield.synth.output import parse_destination
 from tests.helpers import free_port, wait_port
 
-pytestmark = pytest.mark.peers
 SMALL = {"shape": (12, 64, 64), "dx_matrix": 128, "detail": 0.3}
 
 
@@ -34,6 +33,7 @@ def _dciodvfy(path: Path) -> list[str]:
     return [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
 
 
+@pytest.mark.peers
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools not installed")
 @pytest.mark.parametrize("site", list(BUILTIN_SITES))
 def test_every_object_written_passes_dciodvfy(tmp_path, site):
@@ -111,6 +111,7 @@ def storescp(tmp_path):
     scp.stop()
 
 
+@pytest.mark.peers
 def test_send_to_storescp_at_a_rate(storescp):
     cases = list(iter_cases(["sakura"], 1, seed=5, nodules=1, **SMALL))
     report = send_cases(cases, f"STORESCP@127.0.0.1:{storescp.port}", rate=40.0)
@@ -125,6 +126,7 @@ def test_send_to_storescp_at_a_rate(storescp):
     assert str(got.PatientName) == cases[0].ct.patient.name  # Japanese ISO 2022 survives
 
 
+@pytest.mark.peers
 def test_cli_send_and_bad_destinations(storescp):
     r = CliRunner().invoke(app, ["synth", "send", "--to", f"STORESCP@127.0.0.1:{storescp.port}",
                                  "-n", "1", "-s", "hanse", "--shape", "6x48x48", "--rate", "100"])
@@ -158,6 +160,7 @@ def test_cli_ct_into_the_archive(tmp_path):
     assert r.exit_code == 0 and "SYN-LINGNAN-00000" in r.output
 
 
+@pytest.mark.peers
 def test_a_peer_without_the_sop_class_is_reported_not_a_crash(tmp_path):
     """storescp restricted to CT (a config file): the SEG and DX cannot go; we say so."""
     if shutil.which("storescp") is None:
