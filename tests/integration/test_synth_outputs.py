@@ -40,8 +40,8 @@ def test_every_object_written_passes_dciodvfy(tmp_path, site):
     ct = generate_ct(site, 77, shape=(10, 64, 64), nodules=2)
     seg = make_seg(ct)
     dx = generate_dx(site, 77, matrix=128, nodules=2, phantom=ct.phantom)
-    objects = {"ct_first": ct.datasets[0], "ct_last": ct.datasets[-1], "seg": seg,
-               "dx": dx.dataset}
+    objects = {f"ct_{d.InstanceNumber}": d for d in ct.datasets}
+    objects.update({"seg": seg, "dx": dx.dataset})
     for name, ds in objects.items():
         p = tmp_path / f"{name}.dcm"
         p.write_bytes(to_part10(ds))
