@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -77,7 +77,6 @@ class CTStudy:
     series_uid: str
     frame_uid: str
     tissue: np.ndarray | None = None
-    extra: dict = field(default_factory=dict)
 
     def hu(self) -> np.ndarray:
         """The stored pixels as HU (Modality LUT applied), float32 ``[z, y, x]``."""
@@ -135,7 +134,8 @@ def generate_ct(site: str | SiteProfile, seed: int, *, shape: tuple[int, int, in
 
     ``shape = (slices, rows, cols)`` sets the matrix exactly (small ones for tests); otherwise
     ``matrix`` x ``matrix`` pixels and ``slices`` (default: the scan length at the site's slice
-    spacing, about 150-480).  ``nodules`` forces the count (default: realistic 0-5).
+    spacing, about 150-420).  ``nodules`` forces the count (default: realistic 0-5);
+    ``detail`` scales the vessel-tree density (1.0 full, smaller for quick previews).
     """
     site = resolve_site(site)
     if shape is not None:
@@ -146,6 +146,8 @@ def generate_ct(site: str | SiteProfile, seed: int, *, shape: tuple[int, int, in
         raise InvalidInput(f"seed must be a non-negative integer, got {seed!r}")
     if nodules is not None and not 0 <= nodules <= 5:
         raise InvalidInput(f"nodules must be 0..5, got {nodules}")
+    if not 0.05 <= detail <= 2.0:
+        raise InvalidInput(f"detail must be 0.05..2.0, got {detail}")
     for name, v, lo in (("rows", rows, 16), ("cols", cols, 16), ("slices", slices or 1, 1)):
         if not lo <= v <= 2048:
             raise InvalidInput(f"{name} must be {lo}..2048, got {v}")
