@@ -187,3 +187,31 @@ def test_a_peer_without_the_sop_class_is_reported_not_a_crash(tmp_path):
     not_sent = {k: v for k, v in report.statuses.items() if k.startswith("not sent")}
     assert sum(not_sent.values()) == 2, report.statuses
     assert len(list(out.iterdir())) == 12
+
+
+def test_site_fingerprints_from_the_imaging_stage_differ(archive):
+    """The same patient scanned at every built-in site, stored, then fingerprinted by
+    hounsfield.imaging.fingerprint: one group per site with the site's kernel and slice
+    thickness, and body-intensity statistics that differ between every pair of sites."""
+    from hounsfield.archive.parse import parse_part10
+    from hounsfield.archive.store import store_instances
+    from hounsfield.imaging.fingerprint import fingerprint
+
+    for name in BUILTIN_SITES:
+        ct = generate_ct(name, 20260101, shape=(24, 96, 96), nodules=0)
+        store_instances(archive, [parse_part10(b) for b in ct.part10()], source="t", site=name)
+    fp = fingerprint(archive)
+    groups = {g["site"]: g for g in fp["groups"]}
+    assert set(groups) == set(BUILTIN_SITES) and not fp["skipped"]
+    for name, g in groups.items():
+        site = BUILTIN_SITES[name]
+        assert g["kernels"] == {site.kernel: 1}
+        assert g["slice_thickness_mm"]["median"] == pytest.approx(site.slice_thickness_mm)
+    keys = ("mean", "p5", "p50", "p95")
+    names = sorted(groups)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            ia, ib = groups[a]["intensity_body"], groups[b]["intensity_body"]
+            assert max(abs(ia[k] - ib[k]) for k in keys) > 5.0, (a, b, ia, ib)
+    # the noisiest site (sharp lung kernel) has the widest body-intensity spread
+    assert max(groups, key=lambda n: groups[n]["intensity_body"]["std"]) == "jingdong"

@@ -52,7 +52,9 @@ def _psf_1d(sigma_px: float, edge: float) -> np.ndarray | None:
         return g1
     g2 = np.exp(-0.5 * (x / s2) ** 2)
     g2 /= g2.sum()
-    return (1.0 + edge) * g1 - edge * g2
+    # per axis (1 + e1)^2 = 1 + edge: the 2-D kernel's high-frequency gain is the site's
+    e1 = float(np.sqrt(1.0 + edge) - 1.0)
+    return (1.0 + e1) * g1 - e1 * g2
 
 
 def apply_scanner(vol: np.ndarray, grid: Grid, site: SiteProfile, rng: np.random.Generator, *,
