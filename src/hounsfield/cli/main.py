@@ -15,6 +15,7 @@ from hounsfield.cli import (
     demo_cmds,
     evaluate_cmds,
     imaging_cmds,
+    synth_cmds,
 )
 from hounsfield.cli.common import State
 
@@ -52,5 +53,6 @@ archive_cmds.register(app)
 demo_cmds.register(app)
 imaging_cmds.register(app)
 deid_cmds.register(app)
+synth_cmds.register(app)
 evaluate_cmds.register(app)
 ai_cmds.register(app)
