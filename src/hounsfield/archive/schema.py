@@ -5,3 +5,4 @@ Each feature package that adds tables adds one import line here.
 
 from hounsfield.archive import models  # noqa: F401
 from hounsfield.audit import models as audit_models  # noqa: F401
+from hounsfield.web import models as web_models  # noqa: F401
