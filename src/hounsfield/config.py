@@ -75,6 +75,9 @@ class WebSettings(BaseModel):
     cookie_secure: bool = Field(default=False, description="send the session cookie over HTTPS only")
     qido_max_limit: int = Field(default=1000, ge=1, description="most results one QIDO-RS page returns")
     demo_user: str = Field(default="demo", description="admin created by the demo profile (password = name)")
+    public_url: str | None = Field(
+        default=None, description="external base URL (behind a proxy) for absolute URLs we return"
+    )
 
 
 class Settings(BaseSettings):

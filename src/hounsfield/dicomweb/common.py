@@ -39,8 +39,22 @@ def check_uid(value: str, what: str) -> str:
 
 
 def base_url(request: Request) -> str:
-    """``scheme://host[:port]/dicom-web`` as the client addressed us."""
-    return str(request.base_url).rstrip("/") + "/dicom-web"
+    """``scheme://host[:port]/dicom-web`` as the client addressed us (``web.public_url`` wins).
+
+    Some clients (dicomweb-client) send a Host header without the port; when no proxy header
+    says otherwise, the port we listen on is put back so the URLs we return resolve.
+    """
+    public = request.app.state.archive.settings.web.public_url
+    if public:
+        return public.rstrip("/") + "/dicom-web"
+    base = str(request.base_url).rstrip("/")
+    host = request.headers.get("host", "")
+    server = request.scope.get("server")
+    if (host and ":" not in host.rsplit("]", 1)[-1] and server and server[1] not in (80, 443)
+            and "x-forwarded-host" not in request.headers
+            and "x-forwarded-proto" not in request.headers):
+        base = f"{request.url.scheme}://{host}:{server[1]}"
+    return base + "/dicom-web"
 
 
 @dataclass

@@ -189,18 +189,22 @@ def _metadata(request: Request, archive: Archive, study: str, series: str | None
         if uid is not None:
             check_uid(uid, what)
     cols = (Instance.sop_instance_uid, Series.series_instance_uid, Instance.transfer_syntax_uid,
-            cast(Instance.metadata_json, Text))
+            Instance.rows, Instance.bits_allocated, cast(Instance.metadata_json, Text))
     with archive.session() as s:
         rows = s.execute(_select(cols, study, series, sop)).all()
     if not rows:
         raise _missing(archive, study, series, sop)
     base = f"{base_url(request)}/studies/{study}/series/"
     out = []
-    for sop_uid, series_uid, ts, text in rows:
+    for sop_uid, series_uid, ts, n_rows, bits, text in rows:
         text = text or "{}"
         prefix = f"{base}{series_uid}/instances/{sop_uid}/bulkdata/"
         text = _BULK_URI.sub(lambda m, p=prefix: m.group(1) + p, text)
         head = f'{{"00020010":{{"vr":"UI","Value":["{ts}"]}}'
+        if n_rows is not None and '"7FE00010"' not in text:
+            # the cache is built without pixels (headers only); Pixel Data is bulk data
+            vr = "OW" if ts in pixels.NATIVE and (bits or 16) > 8 else "OB"
+            head += f',"7FE00010":{{"vr":"{vr}","BulkDataURI":"{prefix}7FE00010"}}'
         body = text.strip()[1:]
         out.append(head + ("," + body if body.strip() != "}" else "}"))
     note_audit(request, study=study, detail=f"metadata of {len(rows)} instance(s)")
