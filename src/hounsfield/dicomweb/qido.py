@@ -39,13 +39,18 @@ STUDY_LEVEL = ["StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy",
                "ReferringPhysicianName", "StudyDescription", "PatientName", "PatientID",
                "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
                "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"]
+#: study and patient attributes repeated in series and instance results (as Orthanc does;
+#: PS3.18 Table 6.7.1-2a lists them for searches across studies)
+STUDY_CONTEXT = ["StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName",
+                 "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID",
+                 "StudyInstanceUID", "StudyDescription"]
 SERIES_LEVEL = ["Modality", "SeriesDescription", "SeriesNumber", "SeriesInstanceUID",
                 "NumberOfSeriesRelatedInstances", "PerformedProcedureStepStartDate",
                 "PerformedProcedureStepStartTime", "SeriesDate", "SeriesTime", "BodyPartExamined",
-                "StudyInstanceUID"]
+                *STUDY_CONTEXT]
 INSTANCE_LEVEL = ["SOPClassUID", "SOPInstanceUID", "InstanceNumber", "Rows", "Columns",
-                  "BitsAllocated", "NumberOfFrames", "StudyInstanceUID", "SeriesInstanceUID",
-                  "Modality"]
+                  "BitsAllocated", "NumberOfFrames", "SeriesInstanceUID", "Modality",
+                  "SeriesDescription", "SeriesNumber", *STUDY_CONTEXT]
 
 
 class Search:
@@ -161,6 +166,19 @@ def _retrieve(base: str, *parts: str) -> tuple[str, dict]:
     return "00081190", {"vr": "UR", "Value": [f"{base}/{path}"]}
 
 
+def _study_context(st: Study) -> dict[str, object]:
+    p = st.patient
+    return {
+        "StudyDate": st.study_date, "StudyTime": st.study_time,
+        "AccessionNumber": st.accession_number,
+        "ReferringPhysicianName": st.referring_physician_name,
+        "StudyDescription": st.study_description, "PatientName": p.patient_name,
+        "PatientID": p.patient_id, "PatientBirthDate": p.patient_birth_date,
+        "PatientSex": p.patient_sex, "StudyInstanceUID": st.study_instance_uid,
+        "StudyID": st.study_id,
+    }
+
+
 def study_json(st: Study, counts: q.StudyCounts, base: str) -> dict[str, dict]:
     p = st.patient
     values = {
@@ -184,6 +202,7 @@ def study_json(st: Study, counts: q.StudyCounts, base: str) -> dict[str, dict]:
 
 def series_json(se: Series, n: int, base: str) -> dict[str, dict]:
     values = {
+        **_study_context(se.study),
         "Modality": se.modality, "SeriesDescription": se.series_description,
         "SeriesNumber": se.series_number, "SeriesInstanceUID": se.series_instance_uid,
         "NumberOfSeriesRelatedInstances": n,
@@ -208,6 +227,8 @@ def series_json(se: Series, n: int, base: str) -> dict[str, dict]:
 def instance_json(i: Instance, base: str) -> dict[str, dict]:
     se = i.series
     values = {
+        **_study_context(se.study),
+        "SeriesDescription": se.series_description, "SeriesNumber": se.series_number,
         "SOPClassUID": i.sop_class_uid, "SOPInstanceUID": i.sop_instance_uid,
         "InstanceNumber": i.instance_number, "Rows": i.rows, "Columns": i.columns,
         "BitsAllocated": i.bits_allocated, "NumberOfFrames": i.number_of_frames,
