@@ -24,11 +24,13 @@ from hounsfield.config import Settings
 from hounsfield.dicomweb.routes import router as dicomweb_router
 from hounsfield.errors import HounsfieldError, Unauthenticated
 from hounsfield.web import api, console, viewer
-from hounsfield.web.audit_log import AuditMiddleware, AuditWriter
+from hounsfield.web.audit_log import AuditMiddleware, AuditWriter, AuthGate
 from hounsfield.web.auth import default_authenticators, ensure_demo_admin
 
 log = logging.getLogger(__name__)
 _MACHINE_PREFIXES = ("/api", "/dicom-web")
+#: the only machine routes that need no credential
+PUBLIC_PATHS = frozenset({"/api/health", "/api/auth/login"})
 
 
 def _is_machine(request: Request) -> bool:
@@ -107,5 +109,7 @@ def create_app(settings: Settings, archive: Archive) -> FastAPI:
     app.include_router(api.router)
     app.include_router(viewer.router)
     app.include_router(console.router)
-    app.add_middleware(AuditMiddleware, writer=writer)
+    app.add_middleware(AuthGate, authenticators=app.state.authenticators,
+                       prefixes=_MACHINE_PREFIXES, allow=PUBLIC_PATHS)
+    app.add_middleware(AuditMiddleware, writer=writer)  # outermost: audits the 401s too
     return app
