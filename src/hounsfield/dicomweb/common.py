@@ -114,7 +114,7 @@ def json_response(request: Request, body: bytes | str, status: int = 200,
     data = body.encode() if isinstance(body, str) else body
     hdrs = dict(headers or {})
     if len(data) >= GZIP_MIN and "gzip" in request.headers.get("accept-encoding", ""):
-        data = gzip.compress(data, compresslevel=4)
+        data = gzip.compress(data, compresslevel=1)
         hdrs["Content-Encoding"] = "gzip"
         hdrs["Vary"] = "Accept-Encoding"
     return Response(data, status_code=status, media_type=DICOM_JSON, headers=hdrs)

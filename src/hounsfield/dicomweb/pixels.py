@@ -93,6 +93,30 @@ class FrameSource:
     stored: str
     count: int
 
+    @staticmethod
+    def native_tail(data: bytes, stored: str, rows: int | None, columns: int | None,
+                    bits: int | None, frames: int | None) -> bytes | None:
+        """Fast path for the common case (native little endian, Pixel Data last in the file):
+        the pixel bytes without parsing the header, or None when the layout is not exactly
+        that (the element header before the tail must declare exactly its length)."""
+        if stored not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) or not rows \
+                or not columns or not bits or bits % 8:
+            return None
+        for spp in (1, 3):
+            size = rows * columns * spp * (bits // 8) * max(frames or 1, 1)
+            padded = size + (size & 1)
+            if stored == ExplicitVRLittleEndian:
+                head = data[-padded - 12:-padded] if padded + 12 <= len(data) else b""
+                ok = len(head) == 12 and head[:4] == b"\xe0\x7f\x10\x00" and \
+                    head[4:6] in (b"OW", b"OB") and int.from_bytes(head[8:12], "little") == padded
+            else:
+                head = data[-padded - 8:-padded] if padded + 8 <= len(data) else b""
+                ok = len(head) == 8 and head[:4] == b"\xe0\x7f\x10\x00" and \
+                    int.from_bytes(head[4:8], "little") == padded
+            if ok:
+                return data[len(data) - padded:len(data) - padded + size]
+        return None
+
     @classmethod
     def of(cls, data: bytes, stored: str) -> FrameSource:
         ds = load(data)

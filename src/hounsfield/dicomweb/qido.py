@@ -10,6 +10,7 @@ Warning, as §8.3.4.1 allows; anything else is a 400 naming the parameter.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -140,10 +141,15 @@ def _keyword(name: str, *, include: bool = False) -> str:
 
 # -- DICOM JSON attributes ------------------------------------------------------------------
 
-def attr(keyword: str, value: Any) -> tuple[str, dict]:
+@lru_cache(maxsize=1024)
+def _tag_vr(keyword: str) -> tuple[str, str]:
     tag = tag_for_keyword(keyword)
-    vr = dictionary_VR(tag)
-    key = f"{tag:08X}"
+    return f"{tag:08X}", dictionary_VR(tag)
+
+
+def attr(keyword: str, value: Any) -> tuple[str, dict]:
+    """One DICOM JSON attribute (PS3.18 F.2) from an index value."""
+    key, vr = _tag_vr(keyword)
     if value is None or value == "" or value == []:
         return key, {"vr": vr}
     values = value if isinstance(value, list) else (
@@ -243,8 +249,10 @@ def instance_json(i: Instance, base: str) -> dict[str, dict]:
     return out
 
 
-def _add_included(out: dict, search: Search, meta: Callable[[], dict] | None) -> dict:
-    """Add includefield attributes: from the index first, else from an instance's metadata."""
+def _add_included(out: dict, search: Search, meta: Callable[[], dict] | None,
+                  skip: frozenset[str] = frozenset()) -> dict:
+    """Add includefield attributes: from the index first, else from an instance's metadata
+    (except ``skip``: attributes of a lower level, e.g. Modality asked of a study)."""
     extra = out.pop("_extra", {})
     wanted = set(search.include)
     if search.include_all:
@@ -256,13 +264,19 @@ def _add_included(out: dict, search: Search, meta: Callable[[], dict] | None) ->
             out.setdefault(k, v)
             continue
         tag = f"{tag_for_keyword(kw):08X}" if tag_for_keyword(kw) is not None else kw
-        if tag in out or meta is None:
+        if tag in out or meta is None or kw in skip:
             continue
         if cache is None:
             cache = meta() or {}
         if tag in cache and "BulkDataURI" not in cache[tag]:
             out[tag] = cache[tag]
     return dict(sorted(out.items()))
+
+
+#: instance-level keys make no sense for a whole series; series-level ones not for a study
+#: (OHIF asks studies for Modality: ModalitiesInStudy answers that)
+_BELOW_SERIES = frozenset(q.INSTANCE_KEYS) | {"NumberOfFrames", "Rows", "Columns"}
+_BELOW_STUDY = _BELOW_SERIES | frozenset(q.SERIES_KEYS)
 
 
 def _representative(archive, *, study_pk: int | None = None, series_pk: int | None = None):  # noqa: ANN001
@@ -290,7 +304,8 @@ def _search_studies(request: Request, archive, extra: dict[str, str]) -> Respons
                                  case_insensitive_pn=ci)
         counts = q.study_counts(s, [st.id for st in studies])
         result = [_add_included(study_json(st, counts[st.id], base), search,
-                                _representative(archive, study_pk=st.id)) for st in studies]
+                                _representative(archive, study_pk=st.id), _BELOW_STUDY)
+                  for st in studies]
     if len(studies) == 1:
         note_audit(request, study=studies[0].study_instance_uid,
                    patient=studies[0].patient.patient_id)
@@ -310,7 +325,8 @@ def _search_series(request: Request, archive, extra: dict[str, str]) -> Response
                                case_insensitive_pn=ci)
         counts = q.series_counts(s, [se.id for se in series])
         result = [_add_included(series_json(se, counts[se.id], base), search,
-                                _representative(archive, series_pk=se.id)) for se in series]
+                                _representative(archive, series_pk=se.id), _BELOW_SERIES)
+                  for se in series]
     note_audit(request, study=extra.get("StudyInstanceUID", ""),
                detail=f"{len(result)} series matched {search.filters}"[:500])
     return json_response(request, dumps(result), headers=search.headers())

@@ -73,7 +73,8 @@ def _rows(archive: Archive, study: str, series: str | None = None, sop: str | No
     if sop is not None:
         check_uid(sop, "SOPInstanceUID")
     cols = (Instance.sop_instance_uid, Series.series_instance_uid, Instance.blob_key,
-            Instance.transfer_syntax_uid, Instance.sop_class_uid)
+            Instance.transfer_syntax_uid, Instance.sop_class_uid, Instance.rows, Instance.columns,
+            Instance.bits_allocated, Instance.number_of_frames)
     with archive.session() as s:
         rows = s.execute(_select(cols, study, series, sop)).all()
     if not rows:
@@ -238,13 +239,26 @@ def retrieve_frames(study: str, series: str, sop: str, frames: str, request: Req
     numbers = pixels.parse_frame_list(frames)
     row = _one(archive, study, series, sop)
     ts, part = frame_target(request.headers.get("accept"), row.transfer_syntax_uid)
-    source = pixels.FrameSource.of(archive.blobs.read(row.blob_key), row.transfer_syntax_uid)
-    source.check(numbers)
-    try:
-        bodies = [source.frame(n, ts) for n in numbers]
-    except _DECODE_ERRORS as exc:
-        raise NotAcceptable(f"cannot transcode frames from {row.transfer_syntax_uid} to {ts}: "
-                            f"{exc}") from exc
+    data = archive.blobs.read(row.blob_key)
+    tail = None
+    single = (row.number_of_frames or 1) == 1
+    if ts in (row.transfer_syntax_uid, ExplicitVRLittleEndian) and single:
+        tail = pixels.FrameSource.native_tail(data, row.transfer_syntax_uid, row.rows,
+                                              row.columns, row.bits_allocated, 1)
+    if tail is not None:
+        if numbers != [1]:
+            raise NotFound(f"frame {max(numbers)} does not exist: the instance has 1 frame(s), "
+                           "numbered from 1")
+        bodies = [tail]
+        ts = row.transfer_syntax_uid if ts == "*" else ts
+    else:
+        source = pixels.FrameSource.of(data, row.transfer_syntax_uid)
+        source.check(numbers)
+        try:
+            bodies = [source.frame(n, ts) for n in numbers]
+        except _DECODE_ERRORS as exc:
+            raise NotAcceptable(f"cannot transcode frames from {row.transfer_syntax_uid} to "
+                                f"{ts}: {exc}") from exc
     note_audit(request, study=study, detail=f"frames {frames[:100]} of {sop}")
     boundary = new_boundary()
     media = pixels.frame_media(part, ts)
