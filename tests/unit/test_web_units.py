@@ -205,3 +205,24 @@ def test_cli_users_and_audit(tmp_path) -> None:  # noqa: ANN001
     assert r.exit_code == 0
     r = runner.invoke(cli, [*base, "audit", "--action", "NOPE"])
     assert r.exit_code == 2 and "unknown action" in r.output
+
+
+# -- the same DICOMweb paths on SQLite and PostgreSQL ----------------------------------------
+
+def test_dicomweb_on_both_databases(any_archive) -> None:  # noqa: ANN001
+    from hounsfield.archive.parse import parse_part10
+    from hounsfield.archive.store import store_instances
+
+    cts = ct_series(3, 16, seed="both-dbs", patient="O'BRIEN^PAT")
+    store_instances(any_archive, [parse_part10(to_bytes(d)) for d in cts], source="test")
+    app = create_app(any_archive.settings, any_archive)
+    st, se = cts[0].StudyInstanceUID, cts[0].SeriesInstanceUID
+    with TestClient(app) as c:
+        assert c.post("/api/auth/login", json={"username": "demo", "password": "demo"}).status_code == 200
+        meta = c.get(f"/dicom-web/studies/{st}/series/{se}/metadata").json()
+        assert len(meta) == 3 and meta[0]["7FE00010"]["BulkDataURI"].endswith("/bulkdata/7FE00010")
+        assert meta[0]["00020010"]["Value"] == [ExplicitVRLittleEndian]
+        found = c.get("/dicom-web/studies", params={"PatientName": "o'brien*"}).json()
+        assert [s["0020000D"]["Value"][0] for s in found] == [st]
+        assert c.get("/dicom-web/studies", params={"PatientName": "%"}).json() == []
+        assert c.get("/api/audit", params={"action": "WADO"}).json()[0]["study_instance_uid"] == st

@@ -147,7 +147,6 @@ def web_cmd(
         settings = st.settings
         port = settings.http.port if http_port is None else http_port
         bind = host or settings.http.host
-        settings.require_secret()
         app = create_app(settings, st.archive)
         err_console.print(f"Hounsfield web on http://{bind}:{port}/ (viewer at /viewer/)")
         uvicorn.run(app, host=bind, port=port, log_level="warning", proxy_headers=True)
