@@ -24,7 +24,8 @@ from hounsfield.config import Settings
 from hounsfield.dicomweb.routes import router as dicomweb_router
 from hounsfield.errors import HounsfieldError, Unauthenticated
 from hounsfield.web import api, console, viewer
-from hounsfield.web.audit_log import AuditMiddleware, AuditWriter, AuthGate
+from hounsfield.web.audit_log import AuditMiddleware, AuditWriter
+from hounsfield.web.auth_gate import AuthGate
 from hounsfield.web.auth import default_authenticators, ensure_demo_admin
 
 log = logging.getLogger(__name__)
