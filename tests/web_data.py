@@ -125,3 +125,40 @@ def seg_of(cts: list[Dataset]) -> Dataset:
 
 def reread(data: bytes) -> Dataset:
     return pydicom.dcmread(io.BytesIO(data))
+
+
+def sr_of(cts: list[Dataset]) -> Dataset:
+    """A TID 1500 measurement report (highdicom Comprehensive 3D SR): a polyline ROI around the
+    sphere on the middle slice, with its area."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    ref = cts[len(cts) // 2]
+    size = int(ref.Rows)
+    c, r = size / 2, 0.22 * size
+    angles = np.linspace(0, 2 * np.pi, 9)
+    points = np.stack([c + r * np.cos(angles), c + r * np.sin(angles)], axis=1).astype(np.float32)
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=points,
+        source_image=hd.sr.SourceImageForRegion.from_source_image(ref))
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived_uid(ref.SOPInstanceUID, "tracking"), identifier="sphere ROI"),
+        referenced_region=region,
+        finding_type=codes.SCT.Lesion,
+        measurements=[hd.sr.Measurement(name=codes.SCT.Area, value=float(np.pi * r * r),
+                                        unit=codes.UCUM.SquareMillimeter)])
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(
+            observer_person_context=hd.sr.ObserverContext(
+                observer_type=codes.DCM.Person,
+                observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
+                    name="WHO^DR"))),
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
+        imaging_measurements=[group])
+    seed = ref.SeriesInstanceUID
+    return hd.sr.Comprehensive3DSR(
+        evidence=[ref], content=report, series_number=3,
+        series_instance_uid=derived_uid(seed, "sr-series"),
+        sop_instance_uid=derived_uid(seed, "sr"), instance_number=1,
+        manufacturer="Hounsfield", series_description="Measurements")

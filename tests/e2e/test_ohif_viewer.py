@@ -1,5 +1,5 @@
 """Headless Chromium (Debian's, driven by Playwright) logs into the console, opens a CT in OHIF,
-and sees the image rendered and a DICOM SEG overlay on it.
+and sees the image rendered, a DICOM SEG overlay on it, and a TID 1500 SR measurement.
 
 Needs /usr/bin/chromium and the OHIF dist in assets/ohif (both from scripts/setup.sh); when
 either is missing the test fails and says so — it is never skipped silently.
@@ -21,7 +21,7 @@ from hounsfield.archive.parse import parse_part10
 from hounsfield.archive.store import store_instances
 from hounsfield.config import load_settings
 from hounsfield.web.viewer import default_viewer_dir
-from tests.web_data import ct_series, seg_of, to_bytes
+from tests.web_data import ct_series, seg_of, sr_of, to_bytes
 from tests.web_server import LiveServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
@@ -53,7 +53,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     archive = Archive.open(settings)
     cts = ct_series(8, 64, seed="e2e-ct", patient="VIEWER^TEST", description="CT E2E")
     seg = seg_of(cts)
-    outcomes = store_instances(archive, [parse_part10(to_bytes(d)) for d in cts + [seg]],
+    sr = sr_of(cts)
+    outcomes = store_instances(archive, [parse_part10(to_bytes(d)) for d in cts + [seg, sr]],
                                source="test")
     assert all(o.status == "stored" for o in outcomes)
     live = LiveServer(settings, archive).start()
@@ -117,6 +118,16 @@ def test_login_open_ct_in_ohif_and_show_seg(server, tmp_path: Path) -> None:  # 
             assert reddish > reddish_before + 500, (
                 f"no SEG overlay visible ({reddish_before} -> {reddish} red pixels); "
                 f"screenshots in {tmp_path}")
+
+            # a TID 1500 measurement report: OHIF draws its ROI and the area next to it
+            page.get_by_text("SR", exact=True).first.dblclick()
+            page.get_by_text(re.compile(r"Area: [0-9.]+ mm")).first.wait_for(timeout=30000)
+            page.wait_for_timeout(1000)
+            report = _shot(page.locator("canvas.cornerstone-canvas").first)
+            page.screenshot(path=str(tmp_path / "sr.png"))
+            svg = page.locator("svg").filter(has_text="Area").count()
+            assert svg >= 1, "the SR measurement is not drawn"
+            assert report.std() > 20
         except Exception:
             page.screenshot(path=str(tmp_path / "failure.png"))
             raise
