@@ -110,17 +110,21 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-        status = {"code": 500}
+        recorded = False
 
         async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+            nonlocal recorded
+            if message["type"] == "http.response.start" and not recorded:
+                # queued before the client sees a byte: an answered request is always audited
+                recorded = True
+                self.writer.add(self._entry(scope, state, message["status"]))
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            self.writer.add(self._entry(scope, state, status["code"]))
+            if not recorded:
+                self.writer.add(self._entry(scope, state, 500))
 
     def _entry(self, scope: Scope, state: dict, code: int) -> Entry:
         principal = state.get("principal")
