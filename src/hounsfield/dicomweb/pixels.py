@@ -61,6 +61,8 @@ def can_produce(stored: str, target: str) -> bool:
     """Whether we can deliver an instance stored in ``stored`` in ``target``."""
     if target == stored or target == "*":
         return True
+    if stored == ExplicitVRBigEndian:
+        return False  # its OW values (pixels, LUTs) would need byte swapping: not offered
     if target in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
         return True  # native data re-encodes; compressed data decodes
     return target in ENCODABLE
@@ -119,11 +121,13 @@ class FrameSource:
 
     @classmethod
     def of(cls, data: bytes, stored: str) -> FrameSource:
-        ds = load(data)
+        try:
+            ds = load(data)
+        except Exception as exc:  # noqa: BLE001 - stored leniently; say why we cannot read it now
+            raise InvalidInput(f"the stored instance cannot be read for its pixels: {exc}") from exc
         if "PixelData" not in ds:
             raise NotFound("this instance has no pixel data (no frames)")
-        count = int(ds.get("NumberOfFrames") or 1)
-        return cls(ds, stored, max(count, 1))
+        return cls(ds, stored, _frame_count(ds))
 
     def check(self, numbers: list[int]) -> None:
         bad = [n for n in numbers if n < 1 or n > self.count]
@@ -171,6 +175,13 @@ class FrameSource:
             "photometric_interpretation": str(ds.PhotometricInterpretation),
             "number_of_frames": 1, "planar_configuration": 0,
         }
+
+
+def _frame_count(ds: Dataset) -> int:
+    """NumberOfFrames read leniently (real files say '1A' or '2.0'); 1 when absent or unreadable."""
+    raw = str(ds.get("NumberOfFrames", "") or "").strip()
+    digits = "".join(ch for ch in raw.split(".")[0] if ch.isdigit())
+    return max(int(digits), 1) if digits else 1
 
 
 def frame_media(part_type: str, ts: str) -> str:

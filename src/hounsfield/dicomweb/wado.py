@@ -148,10 +148,21 @@ def _retrieve(request: Request, archive: Archive, study: str, series: str | None
     note_audit(request, study=study, detail=f"retrieve {len(rows)} instance(s)")
     boundary = new_boundary()
     blobs = archive.blobs
+    # transcoding can fail on odd data: do it before the status line is sent, so a failure is
+    # a 406 with a reason and not a broken stream; stored bytes are streamed lazily
+    converted: dict[str, bytes] = {}
+    for r, ts in plan:
+        if ts != r.transfer_syntax_uid:
+            try:
+                converted[r.sop_instance_uid] = pixels.transcode_instance(
+                    blobs.read(r.blob_key), r.transfer_syntax_uid, ts)
+            except _DECODE_ERRORS as exc:
+                raise NotAcceptable(f"cannot transcode instance {r.sop_instance_uid} from "
+                                    f"{r.transfer_syntax_uid} to {ts}: {exc}") from exc
 
     def parts():  # noqa: ANN202
         for r, ts in plan:
-            data = pixels.transcode_instance(blobs.read(r.blob_key), r.transfer_syntax_uid, ts)
+            data = converted.pop(r.sop_instance_uid, None) or blobs.read(r.blob_key)
             yield {"Content-Type": f"application/dicom; transfer-syntax={ts}",
                    "Content-Length": str(len(data))}, data
 
