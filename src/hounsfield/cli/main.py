@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from hounsfield import __version__
-from hounsfield.cli import archive_cmds, deid_cmds, demo_cmds, imaging_cmds, web_cmds
+from hounsfield.cli import archive_cmds, deid_cmds, demo_cmds, imaging_cmds, synth_cmds, web_cmds
 from hounsfield.cli.common import State
 
 app = typer.Typer(
@@ -46,3 +46,4 @@ demo_cmds.register(app)
 web_cmds.register(app)
 imaging_cmds.register(app)
 deid_cmds.register(app)
+synth_cmds.register(app)
