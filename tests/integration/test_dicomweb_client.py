@@ -183,3 +183,20 @@ def test_stow_status_semantics(live, admin_token):  # noqa: ANN001, F811
                       headers={**h, "Content-Type": ctype}, timeout=30)
     assert r.status_code == 409
     assert r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
+
+
+def test_wado_uri(live, stored, admin_token):  # noqa: ANN001, F811
+    cts, _seg, _mr = stored
+    c = cts[0]
+    params = {"requestType": "WADO", "studyUID": c.StudyInstanceUID,
+              "seriesUID": c.SeriesInstanceUID, "objectUID": c.SOPInstanceUID}
+    h = {"Authorization": f"Bearer {admin_token}"}
+    r = requests.get(live.dicomweb + "/wado", params=params, headers=h, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
+    assert pydicom.dcmread(io.BytesIO(r.content)).SOPInstanceUID == c.SOPInstanceUID
+    r = requests.get(live.dicomweb + "/wado", params={**params, "contentType": "image/png"},
+                     headers=h, timeout=30)
+    assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
+    r = requests.get(live.dicomweb + "/wado", params={**params, "requestType": "X"}, headers=h,
+                     timeout=30)
+    assert r.status_code == 400

@@ -321,8 +321,9 @@ def _render_media(request: Request) -> str:
     raise NotAcceptable("rendered images are offered as image/jpeg or image/png")
 
 
-def _rendered(request: Request, archive: Archive, row, frame: int, thumbnail: bool) -> Response:  # noqa: ANN001
-    media = _render_media(request)
+def _rendered(request: Request, archive: Archive, row, frame: int, thumbnail: bool,  # noqa: ANN001
+              media: str | None = None) -> Response:
+    media = media or _render_media(request)
     params = request.query_params
     window = render.parse_window(params.get("window"))
     viewport = render.parse_viewport(params.get("viewport"), 128 if thumbnail else None)
@@ -426,6 +427,7 @@ def wado_uri(request: Request, archive: ArchiveDep, user: Reader,
                                          row.transfer_syntax_uid, ts)
         return Response(data, media_type="application/dicom")
     if media in render.RENDER_MEDIA or media == "image/*":
-        return _rendered(request, archive, row, frameNumber or 1, False)
+        return _rendered(request, archive, row, frameNumber or 1, False,
+                         media if media in render.RENDER_MEDIA else "image/jpeg")
     raise NotAcceptable(f"contentType {media!r} is not offered (application/dicom, image/jpeg, "
                         "image/png)")
