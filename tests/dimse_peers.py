@@ -214,8 +214,7 @@ def node_factory(tmp_path: Path):
                                  secret_key=None if profile == "demo" else "x" * 32)
         archive = Archive.open(settings)
         node = DicomNode(archive)
-        node.start()
-        wait_port(settings.dicom.port)
+        node.start()  # listening once start() returns (no probe: it would hold a slot)
         started.append((node, archive))
         return node
 
