@@ -43,3 +43,4 @@ def version() -> None:
 
 archive_cmds.register(app)
 dicom_cmds.register(app)
+
