@@ -43,4 +43,3 @@ def version() -> None:
 
 archive_cmds.register(app)
 dicom_cmds.register(app)
-
