@@ -148,7 +148,7 @@ def test_group_commit_batches_and_recovers(archive, tmp_path):
     extra = parse_part10(make_ct_series(tmp_path / "x", 1, size=16)[0].read_bytes())
     from hounsfield.archive.blobstore import blob_key
 
-    key = blob_key(extra.sop_instance_uid, extra.sha256)
+    key = blob_key(extra.study_instance_uid, extra.sop_instance_uid, extra.sha256)
     archive.blobs.put(key, extra.data)
     gc.journal_dir.mkdir(parents=True, exist_ok=True)
     (gc.journal_dir / "dead.keys").write_text(key + "\n" + outcomes[0].sop_instance_uid)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -20,7 +20,8 @@ from hounsfield.errors import NotFound, OutOfResources
 
 
 class BlobStore(Protocol):
-    def put(self, key: str, data: bytes) -> None: ...
+    def put(self, key: str, data: bytes, *, sync_dir: bool = True) -> None: ...
+    def sync(self, keys: Iterable[str]) -> None: ...
     def open(self, key: str) -> BinaryIO: ...
     def read(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
@@ -29,14 +30,16 @@ class BlobStore(Protocol):
     def size(self, key: str) -> int: ...
 
 
-def blob_key(sop_instance_uid: str, sha256: str) -> str:
-    """Key of an instance's blob: fanned out by a hash of the UID, suffixed by content hash.
+def blob_key(study_instance_uid: str, sop_instance_uid: str, sha256: str) -> str:
+    """Key of an instance's blob: ``<hash prefix>/<StudyInstanceUID>/<SOP UID>.<sha256[:16]>.dcm``.
 
-    The content hash in the key means two different objects sent under one SOPInstanceUID never
-    overwrite each other's bytes, even when two writers race.
+    One folder per study keeps a study's files together (export, deletion) and lets a batch of
+    one study's instances share one directory fsync.  The content hash in the key means two
+    different objects sent under one SOPInstanceUID never overwrite each other's bytes, even
+    when two writers race.
     """
-    h = hashlib.sha1(sop_instance_uid.encode()).hexdigest()
-    return f"{h[:2]}/{h[2:4]}/{sop_instance_uid}.{sha256[:16]}.dcm"
+    h = hashlib.sha1(study_instance_uid.encode()).hexdigest()
+    return f"{h[:2]}/{study_instance_uid}/{sop_instance_uid}.{sha256[:16]}.dcm"
 
 
 class FileBlobStore:
@@ -53,7 +56,9 @@ class FileBlobStore:
             raise NotFound(f"blob key outside the store: {key!r}")
         return p
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, *, sync_dir: bool = True) -> None:
+        """Write ``data`` under ``key`` atomically.  With ``sync_dir=False`` the caller must
+        :meth:`sync` the keys before relying on them (lets a batch share directory fsyncs)."""
         target = self.path(key)
         folder = target.parent
         created = not folder.exists()
@@ -74,11 +79,20 @@ class FileBlobStore:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise OutOfResources(f"cannot write blob {key}: {exc.strerror or exc}") from exc
-        if self.fsync:
+        if self.fsync and sync_dir:
             _fsync_dir(folder)
             if created:  # the new folder's own entry must be durable too
                 _fsync_dir(folder.parent)
                 _fsync_dir(folder.parent.parent)
+
+    def sync(self, keys: Iterable[str]) -> None:
+        """Make the directory entries of ``keys`` (and their folders) durable: one fsync per
+        distinct folder."""
+        if not self.fsync:
+            return
+        folders = {self.path(k).parent for k in keys}
+        for folder in sorted(folders | {f.parent for f in folders} | {self.root}):
+            _fsync_dir(folder)
 
     def open(self, key: str) -> BinaryIO:
         try:

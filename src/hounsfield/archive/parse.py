@@ -40,8 +40,9 @@ _SEQ_DELIM_BE = b"\xff\xfe\xe0\xdd\x00\x00\x00\x00"
 class ParsedInstance:
     """One instance ready to index: its exact Part 10 bytes and the attributes we keep."""
 
-    data: bytes
+    data: bytes | None  # None once the blob was written by whoever parsed it (see importer)
     sha256: str
+    size: int
     patient: dict[str, str]
     study: dict[str, Any]
     series: dict[str, Any]
@@ -79,10 +80,6 @@ def parse_part10(data: bytes, *, name: str = "") -> ParsedInstance:
                 NotImplementedError, TypeError, IndexError, AttributeError, OverflowError,
                 UnicodeDecodeError, LookupError) as exc:
             raise InvalidDicom(f"{label}not a readable DICOM file: {_short(exc)}") from exc
-        try:
-            _ensure_loaded(ds)
-        except Exception as exc:  # noqa: BLE001 - any decode failure means unreadable headers
-            raise InvalidDicom(f"{label}data set stops early or is corrupt: {_short(exc)}") from exc
     notes.extend(sorted({_short(w.message) for w in caught}))
 
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
@@ -174,6 +171,7 @@ def parse_part10(data: bytes, *, name: str = "") -> ParsedInstance:
     return ParsedInstance(
         data=data,
         sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
         patient=patient,
         study=study,
         series=series,
@@ -181,14 +179,6 @@ def parse_part10(data: bytes, *, name: str = "") -> ParsedInstance:
         metadata_json=meta,
         warnings=notes,
     )
-
-
-def _ensure_loaded(ds: Dataset) -> None:
-    """Decode every raw element now, so a corrupt header fails here and not later."""
-    for elem in ds:
-        if elem.VR == "SQ":
-            for item in elem.value or []:
-                _ensure_loaded(item)
 
 
 def _check_pixel_data_complete(data: bytes, pos: int, ts: str, label: str) -> None:

@@ -221,7 +221,7 @@ def series_counts(s: Session, series_pks: list[int]) -> dict[int, int]:
         return {}
     rows = s.execute(select(Instance.series_pk, func.count(Instance.id))
                      .where(Instance.series_pk.in_(series_pks)).group_by(Instance.series_pk))
-    return {pk: 0 for pk in series_pks} | dict(rows.tuples().all())
+    return {pk: 0 for pk in series_pks} | dict(rows.all())
 
 
 def get_study(s: Session, study_instance_uid: str) -> Study | None:

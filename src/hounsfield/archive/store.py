@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -110,7 +110,7 @@ def _store(archive: Archive, batch: Sequence[ParsedInstance], sources: list[str]
             if first[1]:
                 replaced_old[uid] = first[1]
         seen_in_batch[uid] = p.sha256
-        to_write.append((i, blob_key(uid, p.sha256)))
+        to_write.append((i, blob_key(p.study_instance_uid, uid, p.sha256)))
     # if replace policy sees the same UID twice in one batch, the last one wins
     last_index = {batch[i].sop_instance_uid: i for i, _k in to_write}
     to_write = [(i, k) for i, k in to_write if last_index[batch[i].sop_instance_uid] == i]
@@ -122,86 +122,102 @@ def _store(archive: Archive, batch: Sequence[ParsedInstance], sources: list[str]
     futures = [_POOL.submit(_put_once, blobs, key, batch[i].data) for i, key in to_write]
     for f in futures:
         f.result()  # raises OutOfResources on a full disk: nothing acknowledged
+    blobs.sync(key for _i, key in to_write)  # one directory fsync per folder, before commit
 
     now = utcnow()
     written: list[str] = []
     with archive.write_session() as s, s.begin():
-        cache: dict[tuple[str, str], object] = {}
+        # re-check inside the write transaction: another writer may have committed meanwhile
+        write_uids = [batch[i].sop_instance_uid for i, _k in to_write]
+        current = {
+            r.sop_instance_uid: r
+            for r in s.execute(
+                select(Instance.id, Instance.sop_instance_uid, Instance.sha256, Instance.blob_key)
+                .where(Instance.sop_instance_uid.in_(write_uids))
+            )
+        }
+        series_pks = _series_pks(s, [(batch[i], sources[i]) for i, _k in to_write], site, now)
+        inserts = []
         for i, key in to_write:
             p = batch[i]
-            series = _series(s, p, sources[i], site, now, cache)
-            row = s.scalar(select(Instance).where(Instance.sop_instance_uid == p.sop_instance_uid))
-            if row is not None and policy == "keep-first":
-                # someone committed it between our check and now
-                same = row.sha256 == p.sha256
+            cur = current.get(p.sop_instance_uid)
+            if cur is not None and policy == "keep-first":
+                same = cur.sha256 == p.sha256
                 outcomes[i] = _outcome(p, "duplicate" if same else "conflict",
                                        "stored concurrently by another writer")
                 continue
-            values = dict(p.instance, blob_key=key, size=len(p.data), sha256=p.sha256,
-                          source=sources[i][:1024], site=site, received_at=now,
-                          warnings="\n".join(p.warnings), metadata_json=p.metadata_json)
-            values = _fit(Instance, values)
-            if row is not None:
-                replaced_old.setdefault(p.sop_instance_uid, row.blob_key)
-                for k, v in values.items():
-                    setattr(row, k, v)
-                row.series = series
+            values = _fit(Instance, dict(
+                p.instance, blob_key=key, size=p.size, sha256=p.sha256,
+                source=sources[i][:1024], site=site, received_at=now,
+                warnings="\n".join(p.warnings), metadata_json=p.metadata_json,
+                series_pk=series_pks[p.series_instance_uid]))
+            if cur is not None:
+                if cur.blob_key != key:
+                    replaced_old.setdefault(p.sop_instance_uid, cur.blob_key)
+                s.execute(update(Instance).where(Instance.id == cur.id).values(**values))
                 outcomes[i] = _outcome(p, "replaced", "replaced the object stored earlier")
             else:
-                s.add(Instance(series=series, **values))
+                inserts.append(values)
                 outcomes[i] = _outcome(p, "stored")
             written.append(key)
-        s.flush()
+        if inserts:
+            s.execute(insert(Instance), inserts)
+        pks = set(series_pks.values())
+        if pks:
+            s.execute(update(Series).where(Series.id.in_(pks)).values(last_received_at=now))
+            s.execute(update(Study).where(Study.id.in_(select(Series.study_pk).where(
+                Series.id.in_(pks)))).values(last_received_at=now))
     for old in replaced_old.values():
         if old not in written:
             blobs.delete(old)
+    # blobs written before the index decided (importer workers) that did not get a row
+    for i, p in enumerate(batch):
+        key = blob_key(p.study_instance_uid, p.sop_instance_uid, p.sha256)
+        if p.data is None and outcomes[i] is not None and outcomes[i].status in (
+                "conflict", "replaced") and key not in written:
+            blobs.delete(key)
     return [o for o in outcomes if o is not None]
 
 
-def _put_once(blobs, key: str, data: bytes) -> None:  # noqa: ANN001
-    if not blobs.exists(key):
-        blobs.put(key, data)
+def _put_once(blobs, key: str, data: bytes | None) -> None:  # noqa: ANN001
+    if data is not None and not blobs.exists(key):
+        blobs.put(key, data, sync_dir=False)
 
 
-def _series(s: Session, p: ParsedInstance, source: str, site: str, now: datetime,
-            cache: dict) -> Series:
-    key = ("series", p.series_instance_uid)
-    if key in cache:
-        series = cache[key]
-        series.last_received_at = now
-        series.study.last_received_at = now
-        return series
-    series = s.scalar(select(Series).where(Series.series_instance_uid == p.series_instance_uid))
-    if series is None:
-        study = _study(s, p, site, now, cache)
-        series = Series(study=study, source=source[:1024], site=site, created_at=now,
-                        **_fit(Series, p.series))
+def _series_pks(s: Session, items: list[tuple[ParsedInstance, str]], site: str,
+                now: datetime) -> dict[str, int]:
+    """SeriesInstanceUID -> primary key, creating patient/study/series rows that are missing."""
+    wanted = {p.series_instance_uid: (p, src) for p, src in items}
+    out = dict(s.execute(select(Series.series_instance_uid, Series.id)
+                         .where(Series.series_instance_uid.in_(list(wanted)))).all())
+    missing = [v for k, v in wanted.items() if k not in out]
+    if not missing:
+        return out
+    study_uids = {p.study_instance_uid for p, _src in missing}
+    studies = dict(s.execute(select(Study.study_instance_uid, Study.id)
+                             .where(Study.study_instance_uid.in_(list(study_uids)))).all())
+    patients: dict[tuple[str, str], Patient] = {}
+    for p, src in missing:
+        if p.study_instance_uid not in studies:
+            pkey = (p.patient["patient_id"][:64], p.patient["issuer_of_patient_id"][:64])
+            patient = patients.get(pkey) or s.scalar(
+                select(Patient).where(Patient.patient_id == pkey[0],
+                                      Patient.issuer_of_patient_id == pkey[1]))
+            if patient is None:
+                patient = Patient(created_at=now, **_fit(Patient, p.patient))
+                s.add(patient)
+            patients[pkey] = patient
+            study = Study(patient=patient, site=site, created_at=now, last_received_at=now,
+                          **_fit(Study, p.study))
+            s.add(study)
+            s.flush()
+            studies[p.study_instance_uid] = study.id
+        series = Series(study_pk=studies[p.study_instance_uid], source=src[:1024], site=site,
+                        created_at=now, last_received_at=now, **_fit(Series, p.series))
         s.add(series)
-    series.last_received_at = now
-    series.study.last_received_at = now
-    cache[key] = series
-    return series
-
-
-def _study(s: Session, p: ParsedInstance, site: str, now: datetime, cache: dict) -> Study:
-    key = ("study", p.study_instance_uid)
-    if key in cache:
-        return cache[key]
-    study = s.scalar(select(Study).where(Study.study_instance_uid == p.study_instance_uid))
-    if study is None:
-        pkey = ("patient", p.patient["patient_id"], p.patient["issuer_of_patient_id"])
-        patient = cache.get(pkey) or s.scalar(
-            select(Patient).where(Patient.patient_id == p.patient["patient_id"],
-                                  Patient.issuer_of_patient_id == p.patient["issuer_of_patient_id"])
-        )
-        if patient is None:
-            patient = Patient(created_at=now, **_fit(Patient, p.patient))
-            s.add(patient)
-        cache[pkey] = patient
-        study = Study(patient=patient, site=site, created_at=now, **_fit(Study, p.study))
-        s.add(study)
-    cache[key] = study
-    return study
+        s.flush()
+        out[p.series_instance_uid] = series.id
+    return out
 
 
 def _fit(model: type, values: dict) -> dict:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from hounsfield import __version__
-from hounsfield.cli import archive_cmds, dicom_cmds
+from hounsfield.cli import archive_cmds, demo_cmds, dicom_cmds
 from hounsfield.cli.common import State
 
 app = typer.Typer(
@@ -42,4 +42,5 @@ def version() -> None:
 
 
 archive_cmds.register(app)
+demo_cmds.register(app)
 dicom_cmds.register(app)

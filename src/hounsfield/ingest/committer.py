@@ -126,7 +126,8 @@ class GroupCommitter:
         try:
             self.journal_dir.mkdir(parents=True, exist_ok=True)
             jf = self.journal_dir / f"{secrets.token_hex(8)}.keys"
-            jf.write_text("\n".join(blob_key(b.parsed.sop_instance_uid, b.parsed.sha256)
+            jf.write_text("\n".join(blob_key(b.parsed.study_instance_uid, b.parsed.sop_instance_uid,
+                                             b.parsed.sha256)
                                     for b in batch))
             return jf
         except OSError as exc:

@@ -7,8 +7,11 @@ in :data:`CONVERTERS` (suffix -> converter), filled explicitly by :mod:`hounsfie
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -23,10 +26,22 @@ MAX_MEMBER_BYTES = 4 << 30
 
 @dataclass
 class Item:
+    """One candidate object: its bytes (or the file holding them), or why it was not read."""
+
     name: str
     data: bytes | None = None
     error: str = ""
     skipped: str = ""
+    path: Path | None = None  # read lazily (by an importer worker) when data is None
+
+    def load(self) -> Item:
+        """The item with its bytes read and gunzipped, or with ``error`` set."""
+        if self.data is not None or self.path is None:
+            return _gunzip(self)
+        try:
+            return _gunzip(Item(self.name, data=self.path.read_bytes()))
+        except OSError as exc:
+            return Item(self.name, error=f"cannot read: {exc.strerror or exc}")
 
 
 def iter_items(paths: Iterable[Path | str]) -> Iterator[Item]:
@@ -58,6 +73,10 @@ def _walk(root: Path) -> Iterator[Item]:
     for dirpath, dirs, files in os.walk(root, onerror=errors.append):
         dirs.sort()
         for name in sorted(files):
+            if name.upper() == "DICOMDIR":
+                # the walk reaches every file the index references; following it would double
+                yield Item(str(Path(dirpath) / name), skipped="DICOMDIR index (files imported directly)")
+                continue
             yield from _file(Path(dirpath) / name)
         while errors:
             e = errors.pop()
@@ -95,11 +114,24 @@ def _file(path: Path) -> Iterator[Item]:
         if path.name.upper() == "DICOMDIR":
             yield from _dicomdir(path)
             return
-        data = path.read_bytes()
     except OSError as exc:
         yield Item(name, error=f"cannot read: {exc.strerror or exc}")
         return
-    yield Item(name, data=data)
+    yield Item(name, path=path)
+
+
+def _gunzip(item: Item) -> Item:
+    """Transparently decompress a gzip-compressed file (``.dcm.gz`` is common in research sets)."""
+    if item.data is None or item.data[:2] != b"\x1f\x8b":
+        return item
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(item.data)) as gz:
+            data = gz.read(MAX_MEMBER_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        return Item(item.name, error=f"corrupt gzip file: {exc}")
+    if len(data) > MAX_MEMBER_BYTES:
+        return Item(item.name, error=f"refused: decompresses to more than {MAX_MEMBER_BYTES} bytes")
+    return Item(item.name, data=data)
 
 
 def _zip(path: Path) -> Iterator[Item]:
@@ -128,7 +160,7 @@ def _zip(path: Path) -> Iterator[Item]:
             except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
                 yield Item(member, error=f"cannot extract: {exc}")
                 continue
-            yield Item(member, data=data)
+            yield _gunzip(Item(member, data=data))
 
 
 def _dicomdir(path: Path) -> Iterator[Item]:

@@ -1,0 +1,3 @@
+from hounsfield.cli.main import app
+
+app()
