@@ -259,3 +259,36 @@ def test_stable_events(node_factory, tmp_path):  # noqa: F811
     assert stable_state(node.archive, [study])[study] is None
     time.sleep(0.7)
     assert {(e.level, e.instances) for e in detect(node.archive)} >= {("STUDY", 4)}
+
+
+def test_cli_echo_send_pull_studies(node_factory, tmp_path):  # noqa: F811
+    """The commands a user runs: echo, send (to storescp), pull (C-GET), studies."""
+    from typer.testing import CliRunner
+
+    from hounsfield.cli.main import app
+
+    node = node_factory()
+    files = make_ct_series(tmp_path / "ct", 3, size=32, patient_id="CLI1")
+    _send(node, files)
+    study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+    runner = CliRunner()
+    base = ["--data-dir", str(tmp_path / "cli-var"), "--profile", "demo"]
+    target = f"HOUNSFIELD@127.0.0.1:{node.port}"
+    r = runner.invoke(app, [*base, "echo", target])
+    assert r.exit_code == 0 and "Success" in r.output, r.output
+    r = runner.invoke(app, [*base, "echo", "nowhere"])
+    assert r.exit_code == 2 and "unknown destination" in r.output
+    r = runner.invoke(app, [*base, "pull", "--from", target, "--method", "get", "PatientID=CLI1"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, [*base, "studies"])
+    assert study[:20] in r.output.replace("\n", "").replace(" ", "").replace("│", "") or \
+        "1 studies" in r.output, r.output
+    port = free_port()
+    scp = _storescp(tmp_path / "out", port)
+    try:
+        r = runner.invoke(app, [*base, "send", study, "--to", f"DEST@127.0.0.1:{port}"])
+    finally:
+        scp.terminate()
+        scp.wait(10)
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "out").iterdir())) == 3
