@@ -1,14 +1,16 @@
 """Group commit for the Storage SCP: many C-STOREs acknowledged after one index commit.
 
 Every association thread parses its data set and hands it to :meth:`GroupCommitter.submit`,
-then waits.  One writer thread takes everything queued at that moment (up to ``max_batch``)
-and stores it through the one write path, :func:`hounsfield.archive.store.store_instances`
-(blobs written and fsynced in parallel, then one commit).  Each waiting association then gets
-its own outcome — so a C-STORE response is still sent only after *its* instance is durable,
-but N concurrent associations share one commit instead of queueing for N.
+which writes and fsyncs the blob right there (so the associations' file writes overlap) and
+queues the instance.  One writer thread takes everything queued at that moment (up to
+``max_batch``) and passes it through the one write path,
+:func:`hounsfield.archive.store.store_instances` — which makes the folders durable (one
+directory fsync per folder per batch) and commits the rows once.  Each waiting association
+then gets its own outcome — so a C-STORE response is still sent only after *its* instance is
+durable, but N concurrent associations share one commit instead of queueing for N.
 
-Crash recovery: before a batch's blobs are written, their keys go to a small journal file; it
-is removed once the batch is committed.  A ``kill -9`` between the blob writes and the commit
+Crash recovery: before an instance's blob is written, its key goes to a small journal file; it
+is removed once the row is committed.  A ``kill -9`` between the blob writes and the commit
 leaves blobs no row points to (never a row without a blob); :meth:`GroupCommitter.recover`
 (run at start) deletes exactly those, so ``hounsfield check`` is clean after a restart without
 walking the whole blob store.  The journal is written without fsync: it survives a process
@@ -24,6 +26,7 @@ import secrets
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -42,6 +45,8 @@ class _Item:
     parsed: ParsedInstance
     source: str
     future: Future
+    journal: Path
+    key: str
 
 
 class GroupCommitter:
@@ -92,12 +97,26 @@ class GroupCommitter:
             self._thread = None
 
     def submit(self, parsed: ParsedInstance, source: str) -> Future:
-        """Queue one instance; the future resolves to its :class:`StoreOutcome` once durable."""
+        """Write ``parsed``'s blob (fsynced file; its folder is synced with the batch), then
+        queue it; the future resolves to its :class:`StoreOutcome` once committed."""
         fut: Future = Future()
         if self._thread is None:
             fut.set_exception(OutOfResources("storage writer is not running"))
             return fut
-        self._q.put(_Item(parsed, source, fut))
+        key = blob_key(parsed.study_instance_uid, parsed.sop_instance_uid, parsed.sha256)
+        try:
+            jf = self._journal([key])
+            if parsed.data is not None:
+                try:
+                    self.archive.blobs.put(key, parsed.data, sync_dir=False)
+                except Exception:
+                    jf.unlink(missing_ok=True)
+                    raise
+                parsed.data = None  # the write path now only indexes it
+        except Exception as exc:  # noqa: BLE001 - reported to the waiting association
+            fut.set_exception(exc)
+            return fut
+        self._q.put(_Item(parsed, source, fut, jf, key))
         return fut
 
     def store(self, parsed: ParsedInstance, source: str, timeout: float | None = None
@@ -122,38 +141,41 @@ class GroupCommitter:
                 batch.append(nxt)
             self._commit(batch)
 
-    def _journal(self, batch: list[_Item]) -> os.PathLike | None:
+    def _journal(self, keys: list[str]) -> Path:
         try:
             self.journal_dir.mkdir(parents=True, exist_ok=True)
             jf = self.journal_dir / f"{secrets.token_hex(8)}.keys"
-            jf.write_text("\n".join(blob_key(b.parsed.study_instance_uid, b.parsed.sop_instance_uid,
-                                             b.parsed.sha256)
-                                    for b in batch))
+            jf.write_text("\n".join(keys))
             return jf
         except OSError as exc:
             raise OutOfResources(f"cannot write the ingest journal: {exc}") from exc
 
     def _commit(self, batch: list[_Item]) -> None:
-        jf = None
         try:
-            jf = self._journal(batch)
             outcomes = store_instances(self.archive, [b.parsed for b in batch],
                                        source=[b.source for b in batch])
         except Exception as exc:  # noqa: BLE001 - every waiter must get an answer
             log.error("group commit of %d instances failed: %s", len(batch), exc)
             for b in batch:
                 b.future.set_exception(exc)
-            if jf is not None:
-                self._reconcile_now()
+            self._reconcile(batch)
             return
-        os.unlink(jf)
+        for b in batch:
+            os.unlink(b.journal)
         self.batches += 1
         self.instances += len(batch)
         for b, o in zip(batch, outcomes, strict=True):
             b.future.set_result(o)
 
-    def _reconcile_now(self) -> None:
+    def _reconcile(self, batch: list[_Item]) -> None:
+        """After a failed commit: drop this batch's blobs that no row points to."""
         try:
-            self.recover()
-        except Exception as exc:  # noqa: BLE001 - the next start retries
+            keys = [b.key for b in batch]
+            with self.archive.session() as s:
+                known = set(s.scalars(select(Instance.blob_key).where(Instance.blob_key.in_(keys))))
+            for b in batch:
+                if b.key not in known:
+                    self.archive.blobs.delete(b.key)
+                b.journal.unlink(missing_ok=True)
+        except Exception as exc:  # noqa: BLE001 - the journal stays; the next start retries
             log.warning("cannot clean up after a failed commit: %s", exc)
