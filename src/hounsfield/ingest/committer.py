@@ -1,11 +1,11 @@
 """Group commit for the Storage SCP: many C-STOREs acknowledged after one index commit.
 
 Every association thread parses its data set and hands it to :meth:`GroupCommitter.submit`,
-which writes and fsyncs the blob right there (so the associations' file writes overlap) and
-queues the instance.  One writer thread takes everything queued at that moment (up to
-``max_batch``) and passes it through the one write path,
-:func:`hounsfield.archive.store.store_instances` — which makes the folders durable (one
-directory fsync per folder per batch) and commits the rows once.  Each waiting association
+which writes the blob right there — file and folder fsynced, so the associations' disk
+writes overlap — and queues the instance.  One writer thread takes everything queued at that
+moment (up to ``max_batch``) and passes it through the one write path,
+:func:`hounsfield.archive.store.store_instances`, which (the blobs being durable already)
+commits the rows once.  Each waiting association
 then gets its own outcome — so a C-STORE response is still sent only after *its* instance is
 durable, but N concurrent associations share one commit instead of queueing for N.
 
@@ -19,6 +19,7 @@ crash; after a power loss ``hounsfield check --repair`` removes what it may have
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -49,6 +50,20 @@ class _Item:
     key: str
 
 
+class _DurableBlobs:
+    """The blob store, for blobs :meth:`GroupCommitter.submit` already wrote with their folder
+    fsynced: ``sync`` has nothing left to do; everything else is the real store's."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+
+    def sync(self, keys: object) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
 class GroupCommitter:
     """A single writer thread batching :func:`store_instances` calls."""
 
@@ -60,6 +75,8 @@ class GroupCommitter:
         self.batches = 0
         self.instances = 0
         self.journal_dir = archive.settings.data_dir / "journal" / "dimse"
+        # the write path's view of the archive: blobs handed over are durable already
+        self._indexing = dataclasses.replace(archive, blobs=_DurableBlobs(archive.blobs))
 
     def recover(self) -> list[str]:
         """Delete blobs of batches that were written but never committed; returns their keys."""
@@ -108,7 +125,7 @@ class GroupCommitter:
             jf = self._journal([key])
             if parsed.data is not None:
                 try:
-                    self.archive.blobs.put(key, parsed.data, sync_dir=False)
+                    self.archive.blobs.put(key, parsed.data)  # file + folder fsynced
                 except Exception:
                     jf.unlink(missing_ok=True)
                     raise
@@ -152,7 +169,7 @@ class GroupCommitter:
 
     def _commit(self, batch: list[_Item]) -> None:
         try:
-            outcomes = store_instances(self.archive, [b.parsed for b in batch],
+            outcomes = store_instances(self._indexing, [b.parsed for b in batch],
                                        source=[b.source for b in batch])
         except Exception as exc:  # noqa: BLE001 - every waiter must get an answer
             log.error("group commit of %d instances failed: %s", len(batch), exc)
