@@ -139,8 +139,10 @@ def test_group_commit_batches_and_recovers(archive, tmp_path):
     parsed = [parse_part10(f.read_bytes()) for f in files]
     gc = GroupCommitter(archive, max_batch=4)
     gc.start()
-    futures = [gc.submit(p, "TEST@127.0.0.1") for p in parsed]
-    outcomes = [f.result(30) for f in futures]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(6) as pool:  # six "associations" at once
+        outcomes = list(pool.map(lambda p: gc.store(p, "TEST@127.0.0.1"), parsed))
     gc.stop()
     assert [o.status for o in outcomes] == ["stored"] * 6
     assert gc.batches <= 6 and gc.instances == 6
@@ -160,7 +162,7 @@ def test_group_commit_batches_and_recovers(archive, tmp_path):
 def test_committer_not_running_refuses(archive, tmp_path):
     p = parse_part10(make_ct_series(tmp_path / "ct", 1, size=16)[0].read_bytes())
     with pytest.raises(OutOfResources):
-        GroupCommitter(archive).submit(p, "x").result(1)
+        GroupCommitter(archive).store(p, "x")
 
 
 def test_stable_detection(any_archive, tmp_path):

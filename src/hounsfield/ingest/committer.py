@@ -1,9 +1,10 @@
 """Group commit for the Storage SCP: many C-STOREs acknowledged after one index commit.
 
-Every association thread parses its data set and hands it to :meth:`GroupCommitter.submit`,
+Every association thread parses its data set and hands it to :meth:`GroupCommitter.store`,
 which writes the blob right there — file and folder fsynced, so the associations' disk
-writes overlap — and queues the instance.  One writer thread takes everything queued at that
-moment (up to ``max_batch``) and passes it through the one write path,
+writes overlap — and queues the instance.  Whichever caller finds no commit running becomes
+the leader: it takes everything queued at that moment (up to ``max_batch``) and passes it
+through the one write path,
 :func:`hounsfield.archive.store.store_instances`, which (the blobs being durable already)
 commits the rows once.  Each waiting association
 then gets its own outcome — so a C-STORE response is still sent only after *its* instance is
@@ -22,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import queue
 import secrets
 import threading
 from concurrent.futures import Future
@@ -51,7 +51,7 @@ class _Item:
 
 
 class _DurableBlobs:
-    """The blob store, for blobs :meth:`GroupCommitter.submit` already wrote with their folder
+    """The blob store, for blobs :meth:`GroupCommitter.store` already wrote with their folder
     fsynced: ``sync`` has nothing left to do; everything else is the real store's."""
 
     def __init__(self, inner: object) -> None:
@@ -65,13 +65,21 @@ class _DurableBlobs:
 
 
 class GroupCommitter:
-    """A single writer thread batching :func:`store_instances` calls."""
+    """Leader/follower group commit of :func:`store_instances` calls.
+
+    A caller of :meth:`store` queues its instance; if no commit is running it becomes the
+    leader and commits everything queued (up to ``max_batch``), otherwise it waits — the
+    running leader, or the next one, takes its instance.  No extra thread: with a single
+    association the caller commits its own instance directly.
+    """
 
     def __init__(self, archive: Archive, *, max_batch: int = 64) -> None:
         self.archive = archive
         self.max_batch = max_batch
-        self._q: queue.Queue[_Item | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
+        self._cv = threading.Condition()
+        self._pending: list[_Item] = []
+        self._leading = False
+        self._running = False
         self.batches = 0
         self.instances = 0
         self.journal_dir = archive.settings.data_dir / "journal" / "dimse"
@@ -102,61 +110,47 @@ class GroupCommitter:
         return removed
 
     def start(self) -> None:
-        if self._thread is None:
+        if not self._running:
             self.recover()
-            self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-            self._thread.start()
+            self._running = True
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._q.put(None)
-            self._thread.join(timeout=60)
-            self._thread = None
+        with self._cv:
+            self._running = False
 
-    def submit(self, parsed: ParsedInstance, source: str) -> Future:
-        """Write ``parsed``'s blob (fsynced file; its folder is synced with the batch), then
-        queue it; the future resolves to its :class:`StoreOutcome` once committed."""
-        fut: Future = Future()
-        if self._thread is None:
-            fut.set_exception(OutOfResources("storage writer is not running"))
-            return fut
+    def store(self, parsed: ParsedInstance, source: str) -> StoreOutcome:
+        """Durably store ``parsed``: blob written (file + folder fsynced) by the caller, then
+        its row committed in a group; returns once committed.  Raises what the write raised
+        (:class:`OutOfResources` on a full disk, ...)."""
+        if not self._running:
+            raise OutOfResources("storage writer is not running")
         key = blob_key(parsed.study_instance_uid, parsed.sop_instance_uid, parsed.sha256)
-        try:
-            jf = self._journal([key])
-            if parsed.data is not None:
+        jf = self._journal([key])
+        if parsed.data is not None:
+            try:
+                self.archive.blobs.put(key, parsed.data)  # file + folder fsynced
+            except Exception:
+                jf.unlink(missing_ok=True)
+                raise
+            parsed.data = None  # the write path now only indexes it
+        item = _Item(parsed, source, Future(), jf, key)
+        with self._cv:
+            self._pending.append(item)
+            while not item.future.done():
+                if self._leading:
+                    self._cv.wait()
+                    continue
+                self._leading = True
+                batch = self._pending[:self.max_batch]
+                del self._pending[:len(batch)]
+                self._cv.release()
                 try:
-                    self.archive.blobs.put(key, parsed.data)  # file + folder fsynced
-                except Exception:
-                    jf.unlink(missing_ok=True)
-                    raise
-                parsed.data = None  # the write path now only indexes it
-        except Exception as exc:  # noqa: BLE001 - reported to the waiting association
-            fut.set_exception(exc)
-            return fut
-        self._q.put(_Item(parsed, source, fut, jf, key))
-        return fut
-
-    def store(self, parsed: ParsedInstance, source: str, timeout: float | None = None
-              ) -> StoreOutcome:
-        return self.submit(parsed, source).result(timeout)
-
-    def _run(self) -> None:
-        stop = False
-        while not stop:
-            first = self._q.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._commit(batch)
+                    self._commit(batch)
+                finally:
+                    self._cv.acquire()
+                    self._leading = False
+                    self._cv.notify_all()
+        return item.future.result()
 
     def _journal(self, keys: list[str]) -> Path:
         try:
