@@ -26,6 +26,7 @@ from tests.dimse_peers import (  # noqa: F401  (node_factory is a fixture)
     make_ct_series,
     node_factory,
     sop_uid,
+    wait_until,
 )
 from tests.helpers import free_port, wait_port
 
@@ -86,10 +87,16 @@ def test_storescu_every_syntax_and_sop_class(node_factory, tmp_path):  # noqa: F
         assert row.transfer_syntax_uid == str(ts), f.name
         stored = pydicom.dcmread(node.archive.blobs.open(row.blob_key))
         assert stored.PixelData == pydicom.dcmread(f).PixelData, f.name
-    # audit: one event per study for this association, not one per instance
-    with node.archive.session() as s:
-        events = audit_query(s, {"action": "C-STORE"}, limit=1000)
+    # audit: one event per study for this association, not one per instance (written when
+    # the association closes)
     studies = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files}
+
+    def events() -> list:
+        with node.archive.session() as s:
+            return audit_query(s, {"action": "C-STORE"}, limit=1000)
+
+    assert wait_until(lambda: len(events()) == len(studies), 10)
+    events = events()
     assert {e.study_instance_uid for e in events} == studies
     assert len(events) == len(studies)
 
@@ -214,9 +221,11 @@ def test_movescu_and_getscu(node_factory, tmp_path):  # noqa: F811
     assert r.returncode == 0, r.stderr
     assert sorted(pydicom.dcmread(p).SOPInstanceUID for p in got.iterdir()) == \
         sorted(sop_uid(f) for f in files[:5])
-    with node.archive.session() as s:
-        actions = {e.action for e in audit_query(s, limit=100)}
-    assert {"C-STORE", "C-MOVE", "C-GET"} <= actions
+    def audited() -> set[str]:  # written when each association closes (after the peer left)
+        with node.archive.session() as s:
+            return {e.action for e in audit_query(s, limit=100)}
+
+    assert wait_until(lambda: {"C-STORE", "C-MOVE", "C-GET"} <= audited(), 10), audited()
 
 
 def test_scu_send_transcodes_for_storescp(node_factory, tmp_path):  # noqa: F811
