@@ -82,7 +82,7 @@ def serve_cmd(
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_a: stop.set())
         d = archive.settings.dicom
-        console.print(f"Hounsfield DICOM node {d.ae_title} on {d.host}:{d.port}; "
+        console.print(f"starting Hounsfield DICOM node {d.ae_title} on {d.host}:{d.port}; "
                       f"data in {archive.settings.data_dir}")
         run_components(components, stop)
         console.print("stopped")

@@ -44,7 +44,7 @@ from hounsfield.dicom.transfer import (
     fit_to_contexts,
     propose_for,
 )
-from hounsfield.errors import DatasetMismatch, HounsfieldError
+from hounsfield.errors import ConfigurationError, DatasetMismatch, HounsfieldError
 from hounsfield.ingest import qr
 from hounsfield.ingest.committer import GroupCommitter
 from hounsfield.ingest.security import admit, nodelay, server_tls
@@ -152,9 +152,16 @@ class DicomNode:
             (evt.EVT_C_MOVE, self._on_move),
             (evt.EVT_C_GET, self._on_get),
         ]
-        self._server = self.ae.start_server((d.host, d.port), block=False, evt_handlers=handlers,
-                                            ssl_context=server_tls(self.settings),
-                                            contexts=_SharedContexts(self.ae.supported_contexts))
+        try:
+            self._server = self.ae.start_server(
+                (d.host, d.port), block=False, evt_handlers=handlers,
+                ssl_context=server_tls(self.settings),
+                contexts=_SharedContexts(self.ae.supported_contexts))
+        except OSError as exc:
+            if self._own_committer:
+                self.committer.stop()
+            raise ConfigurationError(f"cannot listen for DICOM on {d.host}:{d.port}: "
+                                     f"{exc.strerror or exc}") from exc
         log.info("DICOM node %s listening on %s:%d%s", d.ae_title, d.host, self.port,
                  " (TLS)" if d.tls_cert else "")
 
