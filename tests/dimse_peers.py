@@ -207,10 +207,11 @@ def node_factory(tmp_path: Path):
 
     started = []
 
-    def make(*, profile: str = "demo", data_dir: Path | None = None, **dicom) -> DicomNode:
+    def make(*, profile: str = "demo", data_dir: Path | None = None,
+             database_url: str | None = None, **dicom) -> DicomNode:
         dicom.setdefault("port", free_port())
         settings = load_settings(data_dir=data_dir or tmp_path / f"var{len(started)}",
-                                 profile=profile, dicom=dicom,
+                                 profile=profile, dicom=dicom, database_url=database_url,
                                  secret_key=None if profile == "demo" else "x" * 32)
         archive = Archive.open(settings)
         node = DicomNode(archive)

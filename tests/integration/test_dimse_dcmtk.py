@@ -303,3 +303,26 @@ def test_cli_echo_send_pull_studies(node_factory, tmp_path):  # noqa: F811
         scp.wait(10)
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "out").iterdir())) == 3
+
+
+@pytest.mark.postgres
+def test_store_find_move_on_postgresql(node_factory, postgres, tmp_path):  # noqa: F811
+    """The same node on a PostgreSQL index: concurrent C-STOREs, C-FIND, C-GET."""
+    import subprocess as sp
+
+    url = postgres.create_db(f"hf_dimse_{tmp_path.name[:20].lower()}")
+    node = node_factory(database_url=url)
+    sets = [make_ct_series(tmp_path / f"s{i}", 4, size=32, patient_id=f"PG{i}", seed=i)
+            for i in range(4)]
+    procs = [sp.Popen(["storescu", *_aec(node), *map(str, f)], env=PEER_ENV) for f in sets]
+    assert [p.wait(120) for p in procs] == [0] * 4
+    assert _count(node.archive) == 16
+    got = _find(node, "QueryRetrieveLevel=STUDY", "PatientID=PG*", "StudyInstanceUID",
+                "NumberOfStudyRelatedInstances")
+    assert len(got) == 4 and {g["NumberOfStudyRelatedInstances"] for g in got} == {"4"}
+    out = tmp_path / "got"
+    out.mkdir()
+    study = str(pydicom.dcmread(sets[2][0]).StudyInstanceUID)
+    r = dcmtk("getscu", "-S", "-od", str(out), "-k", "QueryRetrieveLevel=STUDY",
+              "-k", f"StudyInstanceUID={study}", *_aec(node))
+    assert r.returncode == 0 and len(list(out.iterdir())) == 4, r.stderr

@@ -182,3 +182,20 @@ def test_stable_detection(any_archive, tmp_path):
     assert stable_state(archive, [study])[study] is None
     again = detect(archive, quiet_s=0.0, now=utcnow() + timedelta(seconds=1))
     assert ("STUDY", 4) in {(e.level, e.instances) for e in again}
+
+
+def test_wildcard_matching_is_case_sensitive_except_pn(any_archive, tmp_path):
+    """PS3.4 C.2.2.2.4: wildcard matching is case-sensitive (PN: as configured), on SQLite and
+    PostgreSQL alike."""
+    files = make_ct_series(tmp_path / "ct", 1, size=16, patient_id="PG7")
+    store_instances(any_archive, [parse_part10(files[0].read_bytes())], source="t")
+    with any_archive.session() as s:
+        def n(**keys):
+            q = Dataset()
+            q.QueryRetrieveLevel = "STUDY"
+            for k, v in keys.items():
+                setattr(q, k, v)
+            return len(list(qr.find(s, qr.parse_identifier(q), ae_title="X")))
+
+        assert n(PatientID="PG*") == 1 and n(PatientID="pg*") == 0
+        assert n(PatientName="bench^*") == 1 and n(PatientName="BENCH^PG?") == 1
