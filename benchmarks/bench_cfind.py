@@ -27,6 +27,7 @@ from pynetdicom import AE, evt  # noqa: E402
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND  # noqa: E402
 
 from hounsfield.pacs.scu import _on_open as nodelay  # noqa: E402
+from benchmarks.common import machine  # noqa: E402
 from tests.dimse_peers import PEER_ENV, HounsfieldServer, Orthanc  # noqa: E402
 
 NAMES = ["SMITH", "JONES", "GARCIA", "MUELLER", "ROSSI", "DUBOIS", "NOVAK", "TANAKA", "KIM",
@@ -139,7 +140,8 @@ def main() -> None:
         finally:
             hf.stop()
             orthanc.stop()
-        print(f"\nC-FIND STUDY level over {args.studies} studies, {args.repeat} runs each "
+        print(f"\n{machine()}")
+        print(f"C-FIND STUDY level over {args.studies} studies, {args.repeat} runs each "
               "(one association per query)\n")
         print("| query | matches | Hounsfield median / p95 ms | Orthanc median / p95 ms | "
               "speed-up (median) |")

@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.dimse_peers import PEER_ENV, HounsfieldServer, Orthanc, make_ct_series  # noqa: E402
+from benchmarks.common import machine  # noqa: E402
 from tests.helpers import free_port, wait_port  # noqa: E402
 
 
@@ -82,7 +83,7 @@ def main() -> None:
         files = make_ct_series(base / "ct", args.n, size=args.size)
         mb = sum(f.stat().st_size for f in files) / 1e6
         print(f"{args.n} CT instances {args.size}x{args.size} 16-bit, {mb:.0f} MB; "
-              f"{os.cpu_count()} CPUs; storescu with TCP_NODELAY=1")
+              f"storescu with TCP_NODELAY=1; {machine()}")
         results: dict[tuple[str, int], float] = {}
         for assocs in [int(a) for a in args.assocs.split(",")]:
             for name, fn in RECEIVERS.items():
