@@ -60,3 +60,28 @@ def test_kill9_during_storescu_loses_nothing_acknowledged(tmp_path):
         assert r.returncode == 0 and "consistent" in r.stdout, r.stdout + r.stderr
     finally:
         restarted.stop()
+
+
+def test_two_processes_share_one_port_and_data_dir(tmp_path):
+    """dicom.reuse_port: two `serve` processes on one port and one data dir (more cores)."""
+    data = tmp_path / "var"
+    env = {"HOUNSFIELD_DICOM__REUSE_PORT": "true"}
+    first = HounsfieldServer(data, env=env).start()
+    second = HounsfieldServer(data, port=first.port, env=env).start()
+    try:
+        sets = [make_ct_series(tmp_path / f"s{i}", 10, size=32, patient_id=f"RP{i}", seed=i)
+                for i in range(6)]
+        procs = [subprocess.Popen(["storescu", "-aec", "HOUNSFIELD", "127.0.0.1",
+                                   str(first.port), *map(str, f)], env=PEER_ENV)
+                 for f in sets]
+        assert [p.wait(120) for p in procs] == [0] * 6
+    finally:
+        second.stop()
+        first.stop()
+    archive = Archive.open(load_settings(data_dir=data, profile="demo"))
+    with archive.session() as s:
+        assert len(set(s.scalars(select(Instance.sop_instance_uid)))) == 60
+    from hounsfield.archive.check import check
+
+    assert check(archive).clean
+    archive.close()

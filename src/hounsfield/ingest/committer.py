@@ -50,6 +50,16 @@ class _Item:
     key: str
 
 
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class _DurableBlobs:
     """The blob store, for blobs :meth:`GroupCommitter.store` already wrote with their folder
     fsynced: ``sync`` has nothing left to do; everything else is the real store's."""
@@ -82,16 +92,31 @@ class GroupCommitter:
         self._running = False
         self.batches = 0
         self.instances = 0
-        self.journal_dir = archive.settings.data_dir / "journal" / "dimse"
+        # one journal folder per process: several node processes may share a data dir
+        self.journal_root = archive.settings.data_dir / "journal" / "dimse"
+        self.journal_dir = self.journal_root / str(os.getpid())
         # the write path's view of the archive: blobs handed over are durable already
         self._indexing = dataclasses.replace(archive, blobs=_DurableBlobs(archive.blobs))
 
     def recover(self) -> list[str]:
-        """Delete blobs of batches that were written but never committed; returns their keys."""
+        """Delete blobs that were written but never committed by this process or by node
+        processes that are gone (their journal folder names a dead process); returns the keys."""
         removed: list[str] = []
-        if not self.journal_dir.is_dir():
+        if not self.journal_root.is_dir():
             return removed
-        for jf in sorted(self.journal_dir.glob("*.keys")):
+        for folder in sorted(self.journal_root.iterdir()):
+            if folder.is_dir() and (folder == self.journal_dir or not _alive(folder.name)):
+                removed += self._recover_folder(folder)
+                if folder != self.journal_dir and not any(folder.iterdir()):
+                    folder.rmdir()
+        if removed:
+            log.warning("recovered from an interrupted commit: removed %d uncommitted blobs",
+                        len(removed))
+        return removed
+
+    def _recover_folder(self, folder: Path) -> list[str]:
+        removed: list[str] = []
+        for jf in sorted(folder.glob("*.keys")):
             keys = [k for k in jf.read_text().splitlines() if k]
             with self.archive.session() as s:
                 known = set(s.scalars(select(Instance.blob_key).where(Instance.blob_key.in_(keys))))
@@ -104,9 +129,6 @@ class GroupCommitter:
                     for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
                         tmp.unlink(missing_ok=True)
             jf.unlink()
-        if removed:
-            log.warning("recovered from an interrupted commit: removed %d uncommitted blobs",
-                        len(removed))
         return removed
 
     def start(self) -> None:

@@ -13,6 +13,8 @@ closes — rather than one transaction per instance.
 from __future__ import annotations
 
 import logging
+import socket
+import socketserver
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -153,15 +156,17 @@ class DicomNode:
             (evt.EVT_C_GET, self._on_get),
         ]
         try:
-            self._server = self.ae.start_server(
-                (d.host, d.port), block=False, evt_handlers=handlers,
-                ssl_context=server_tls(self.settings),
-                contexts=_SharedContexts(self.ae.supported_contexts))
+            self._server = self.ae.make_server(
+                (d.host, d.port), evt_handlers=handlers, ssl_context=server_tls(self.settings),
+                contexts=_SharedContexts(self.ae.supported_contexts),
+                server_class=_ReusePortServer if d.reuse_port else _Server)
         except OSError as exc:
             if self._own_committer:
                 self.committer.stop()
             raise ConfigurationError(f"cannot listen for DICOM on {d.host}:{d.port}: "
                                      f"{exc.strerror or exc}") from exc
+        threading.Thread(target=self._server.serve_forever, name="dicom-acceptor",
+                         daemon=True).start()
         log.info("DICOM node %s listening on %s:%d%s", d.ae_title, d.host, self.port,
                  " (TLS)" if d.tls_cert else "")
 
@@ -384,6 +389,22 @@ class DicomNode:
                 return
             lg.add(action, study, patient, True, "", dest)
             yield st.PENDING, ds
+
+
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded acceptor, started and stopped by :class:`DicomNode` itself."""
+
+    def shutdown(self) -> None:
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
+
+
+class _ReusePortServer(_Server):
+    """Several node processes on one port: Linux SO_REUSEPORT spreads the associations."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 class _SharedContexts(list):
