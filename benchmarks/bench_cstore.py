@@ -47,6 +47,18 @@ def run_hounsfield(files, work: Path, assocs: int) -> float:
         server.stop()
 
 
+def run_hounsfield_x2(files, work: Path, assocs: int) -> float:
+    """Two `serve` processes sharing the port and the data dir (dicom.reuse_port)."""
+    env = {"HOUNSFIELD_DICOM__REUSE_PORT": "true"}
+    first = HounsfieldServer(work / "hf" / "var", env=env).start()
+    second = HounsfieldServer(work / "hf" / "var", port=first.port, env=env).start()
+    try:
+        return send(files, first.port, "HOUNSFIELD", assocs)
+    finally:
+        second.stop()
+        first.stop()
+
+
 def run_orthanc(files, work: Path, assocs: int) -> float:
     orthanc = Orthanc(work / "orthanc").start()
     try:
@@ -69,7 +81,8 @@ def run_storescp(files, work: Path, assocs: int) -> float:
         p.wait(10)
 
 
-RECEIVERS = {"Hounsfield": run_hounsfield, "Orthanc": run_orthanc, "storescp (disk)": run_storescp}
+RECEIVERS = {"Hounsfield": run_hounsfield, "Hounsfield x2 processes": run_hounsfield_x2,
+             "Orthanc": run_orthanc, "storescp (disk)": run_storescp}
 
 
 def main() -> None:
@@ -87,11 +100,11 @@ def main() -> None:
         results: dict[tuple[str, int], float] = {}
         for assocs in [int(a) for a in args.assocs.split(",")]:
             for name, fn in RECEIVERS.items():
-                work = base / f"{name.split()[0]}-{assocs}"
+                work = base / f"{name.replace(' ', '_')}-{assocs}"
                 secs = fn(files, work, assocs)
                 results[(name, assocs)] = secs
                 shutil.rmtree(work, ignore_errors=True)
-                print(f"  {name:16s} {assocs} assoc: {args.n / secs:7.1f} inst/s", flush=True)
+                print(f"  {name:24s} {assocs} assoc: {args.n / secs:7.1f} inst/s", flush=True)
         print()
         print("| receiver | associations | instances/s | MB/s | vs Orthanc |")
         print("|---|---|---|---|---|")
