@@ -73,6 +73,34 @@ class HttpSettings(BaseModel):
     viewer_dir: Path | None = None
 
 
+class DeidSettings(BaseModel):
+    """De-identification (PS3.15 Annex E) — see docs/conformance.md."""
+
+    vault_key: str | None = Field(
+        default=None,
+        description="encrypts the pseudonym vault at rest (any long secret; required outside demo)",
+    )
+    uid_key: str | None = Field(
+        default=None, description="keys UID remapping, pseudonyms and date shifts (default secret_key)"
+    )
+    max_date_shift_days: int = Field(default=3650, ge=1)
+    retain_longitudinal_modified_dates: bool = False
+    retain_patient_characteristics: bool = False
+    retain_device_identity: bool = False
+    retain_institution_identity: bool = False
+    clean_descriptors: bool = False
+    retain_safe_private: bool = False
+    safe_private: list[dict] = Field(
+        default_factory=list,
+        description="extra safe private attributes: {creator, group, element (offset 0x00-0xFF)}",
+    )
+    pixel_regions: list[dict] = Field(
+        default_factory=list,
+        description="burned-in text regions to blank: {manufacturer, model, modality, rows, "
+        "columns, regions: [[x, y, w, h], ...]} (glob patterns)",
+    )
+
+
 class Settings(BaseSettings):
     """All of Hounsfield's configuration."""
 
@@ -94,6 +122,7 @@ class Settings(BaseSettings):
     fsync: bool = Field(default=True, description="fsync blobs before acknowledging (keep on)")
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    deid: DeidSettings = Field(default_factory=DeidSettings)
 
     @field_validator("data_dir")
     @classmethod

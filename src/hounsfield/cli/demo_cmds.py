@@ -20,6 +20,8 @@ def register(app: typer.Typer) -> None:
 def demo_cmd(
     ctx: typer.Context,
     serve: Annotated[bool, typer.Option("--serve/--no-serve", help="start the platform afterwards")] = True,
+    synthetic: Annotated[bool, typer.Option("--synthetic/--no-synthetic",
+                                            help="add synthetic multi-site chest CT and DX")] = True,
 ) -> None:
     """Import the real sample DICOM shipped offline (pydicom, pydicom-data) and show the archive."""
     with edge():
@@ -34,6 +36,16 @@ def demo_cmd(
         print_report(report)
         console.print("[dim](refusals above are the deliberately broken files in pydicom's test "
                       "set: each is refused with its reason)[/]")
+        if synthetic:
+            from hounsfield.synth import BUILTIN_SITES, DEMO_OPTIONS, synth_to_archive
+
+            sites = list(BUILTIN_SITES)
+            truth = archive.settings.data_dir / "demo-truth"
+            with progress() as bar:
+                task = bar.add_task("synthetic multi-site chest CT + DX", total=len(sites) * 2)
+                synth_to_archive(archive, sites, 2, truth_dir=truth,
+                                 on_case=lambda _c: bar.advance(task), **DEMO_OPTIONS)
+            console.print(f"synthetic studies from {len(sites)} sites; ground truth in {truth}")
         studies_cmd(ctx, limit=50)
         if serve:
             console.print("serve is not available yet in this build; the archive is at "

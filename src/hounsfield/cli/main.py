@@ -8,7 +8,14 @@ from typing import Annotated, Optional
 import typer
 
 from hounsfield import __version__
-from hounsfield.cli import archive_cmds, demo_cmds, dicom_cmds
+from hounsfield.cli import (
+    archive_cmds,
+    deid_cmds,
+    demo_cmds,
+    dicom_cmds,
+    imaging_cmds,
+    synth_cmds,
+)
 from hounsfield.cli.common import State
 
 app = typer.Typer(
@@ -43,4 +50,7 @@ def version() -> None:
 
 archive_cmds.register(app)
 demo_cmds.register(app)
+imaging_cmds.register(app)
+deid_cmds.register(app)
+synth_cmds.register(app)
 dicom_cmds.register(app)

@@ -25,7 +25,10 @@ from hounsfield.archive.blobstore import FileBlobStore, blob_key
 from hounsfield.archive.parse import ParsedInstance, parse_part10
 from hounsfield.archive.store import store_instances
 from hounsfield.errors import HounsfieldError, InvalidDicom
-from hounsfield.ingest.sources import Item, iter_items
+from hounsfield.imaging import research
+from hounsfield.ingest.sources import CONVERTERS, Item, iter_items
+
+research.register(CONVERTERS)  # NIfTI / NRRD / MetaImage -> DICOM series
 
 BATCH = 128
 #: below this many candidates the import runs in-process (no worker start-up cost)
