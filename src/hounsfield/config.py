@@ -73,6 +73,19 @@ class HttpSettings(BaseModel):
     viewer_dir: Path | None = None
 
 
+class WebSettings(BaseModel):
+    """Users, sessions and the DICOMweb API (see docs/howto/users.md, docs/conformance.md)."""
+
+    session_hours: float = Field(default=12.0, gt=0, description="browser session lifetime")
+    token_days: float = Field(default=90.0, gt=0, description="default API token lifetime")
+    cookie_secure: bool = Field(default=False, description="send the session cookie over HTTPS only")
+    qido_max_limit: int = Field(default=1000, ge=1, description="most results one QIDO-RS page returns")
+    demo_user: str = Field(default="demo", description="admin created by the demo profile (password = name)")
+    public_url: str | None = Field(
+        default=None, description="external base URL (behind a proxy) for absolute URLs we return"
+    )
+
+
 class DeidSettings(BaseModel):
     """De-identification (PS3.15 Annex E) — see docs/conformance.md."""
 
@@ -122,6 +135,7 @@ class Settings(BaseSettings):
     fsync: bool = Field(default=True, description="fsync blobs before acknowledging (keep on)")
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     deid: DeidSettings = Field(default_factory=DeidSettings)
 
     @field_validator("data_dir")

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import getpass
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
+from hounsfield import audit
 from hounsfield.archive import migrate
 from hounsfield.archive.check import check as run_check
 from hounsfield.archive.export import export as run_export
 from hounsfield.archive.query import find_studies, get_study, series_counts, study_counts
 from hounsfield.cli.common import console, edge, err_console, progress, state
+from hounsfield.errors import HounsfieldError
 from hounsfield.ingest.importer import ImportReport, import_paths
 from hounsfield.ingest.stable import stable_state
 from hounsfield.ingest.sources import count_candidates
@@ -164,9 +167,20 @@ def export_cmd(
     """Export Part 10 files (the exact bytes stored) into a folder or a zip."""
     with edge():
         archive = state(ctx).archive
-        with progress() as bar:
-            task = bar.add_task("exporting", total=None)
-            n = run_export(archive, uid, dest, on_item=lambda _u: bar.advance(task))
+        actor = f"cli:{getpass.getuser()}"
+        try:
+            with progress() as bar:
+                task = bar.add_task("exporting", total=None)
+                n = run_export(archive, uid, dest, on_item=lambda _u: bar.advance(task))
+        except HounsfieldError as exc:
+            audit.record(archive, audit.Entry(audit.Action.EXPORT, actor=actor, source="cli",
+                                              destination=str(dest), study_instance_uid=uid[:64],
+                                              outcome=audit.Outcome.MINOR_FAILURE,
+                                              detail=exc.reason))
+            raise
+        audit.record(archive, audit.Entry(audit.Action.EXPORT, actor=actor, source="cli",
+                                          destination=str(dest), study_instance_uid=uid[:64],
+                                          detail=f"{n} instances"))
         console.print(f"exported {n} instances to {dest}")
 
 

@@ -15,6 +15,7 @@ from hounsfield.cli import (
     dicom_cmds,
     imaging_cmds,
     synth_cmds,
+    web_cmds,
 )
 from hounsfield.cli.common import State
 
@@ -50,6 +51,7 @@ def version() -> None:
 
 archive_cmds.register(app)
 demo_cmds.register(app)
+web_cmds.register(app)
 imaging_cmds.register(app)
 deid_cmds.register(app)
 synth_cmds.register(app)
