@@ -58,6 +58,12 @@ class DicomSettings(BaseModel):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    group_commit_max: int = Field(default=64, ge=1, description="C-STOREs per index commit")
+    reuse_port: bool = Field(default=False, description=(
+        "let several `serve` processes listen on one DICOM port (Linux SO_REUSEPORT spreads "
+        "associations over them): uses more than one CPU core"))
+    scu_retries: int = Field(default=3, ge=0, description="SCU retries per association/instance")
+    scu_retry_delay_s: float = Field(default=1.0, ge=0)
 
 
 class HttpSettings(BaseModel):

@@ -17,6 +17,7 @@ from hounsfield.archive.query import find_studies, get_study, series_counts, stu
 from hounsfield.cli.common import console, edge, err_console, progress, state
 from hounsfield.errors import HounsfieldError
 from hounsfield.ingest.importer import ImportReport, import_paths
+from hounsfield.ingest.stable import stable_state
 from hounsfield.ingest.sources import count_candidates
 
 
@@ -96,15 +97,18 @@ def studies_cmd(
             studies = find_studies(s, filters, limit=limit,
                                    case_insensitive_pn=archive.settings.dicom.case_insensitive_pn)
             counts = study_counts(s, [st.id for st in studies])
+        stable = stable_state(archive, [st.study_instance_uid for st in studies])
         t = Table(title=f"{len(studies)} studies")
         for col in ("StudyInstanceUID", "PatientName", "PatientID", "StudyDate", "Modalities",
-                    "Description", "Series", "Instances", "Site"):
+                    "Description", "Series", "Instances", "Site", "Stable"):
             t.add_column(col, overflow="fold")
         for st in studies:
             c = counts[st.id]
             t.add_row(st.study_instance_uid, st.patient.patient_name, st.patient.patient_id,
                       st.study_date, "/".join(c.modalities), st.study_description,
-                      str(c.series), str(c.instances), st.site)
+                      str(c.series), str(c.instances), st.site,
+                      "receiving" if stable[st.study_instance_uid] is None
+                      else stable[st.study_instance_uid].strftime("%Y-%m-%d %H:%M:%S"))
         console.print(t)
 
 

@@ -8,7 +8,15 @@ from typing import Annotated, Optional
 import typer
 
 from hounsfield import __version__
-from hounsfield.cli import archive_cmds, deid_cmds, demo_cmds, imaging_cmds, synth_cmds, web_cmds
+from hounsfield.cli import (
+    archive_cmds,
+    deid_cmds,
+    demo_cmds,
+    dicom_cmds,
+    imaging_cmds,
+    synth_cmds,
+    web_cmds,
+)
 from hounsfield.cli.common import State
 
 app = typer.Typer(
@@ -47,3 +55,4 @@ web_cmds.register(app)
 imaging_cmds.register(app)
 deid_cmds.register(app)
 synth_cmds.register(app)
+dicom_cmds.register(app)
