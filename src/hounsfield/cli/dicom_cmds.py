@@ -31,12 +31,23 @@ def register(app: typer.Typer) -> None:
     app.command("pull")(pull_cmd)
 
 
-def build_components(archive) -> list[Component]:  # noqa: ANN001
-    """What ``serve`` runs.  Add a component (e.g. the HTTP server) by appending it here."""
+ROLES = ("all", "api", "dicom")
+
+
+def build_components(archive, role: str = "all", *, http_port: int | None = None,  # noqa: ANN001
+                     http_host: str | None = None) -> list[Component]:
+    """What ``serve`` runs for ``role``: ``dicom`` = the DICOM node + study-stable monitor,
+    ``api`` = the HTTP server (DICOMweb, API, console, OHIF), ``all`` = both (embedded default)."""
     from hounsfield.ingest.scp import DicomNode
     from hounsfield.ingest.stable import StableMonitor
+    from hounsfield.web.server import HttpServer
 
-    return [DicomNode(archive), StableMonitor(archive)]
+    out: list[Component] = []
+    if role in ("all", "dicom"):
+        out += [DicomNode(archive), StableMonitor(archive)]
+    if role in ("all", "api"):
+        out.append(HttpServer(archive, host=http_host, port=http_port))
+    return out
 
 
 def run_components(components: list[Component], stop: threading.Event) -> None:
@@ -52,7 +63,7 @@ def run_components(components: list[Component], stop: threading.Event) -> None:
             try:
                 c.stop()
             except Exception as exc:  # noqa: BLE001 - stop the others regardless
-                err_console.print(f"error stopping {c.name}: {exc}")
+                err_console.print(f"error stopping {getattr(c, 'name', c)}: {exc}")
 
 
 def serve_cmd(
@@ -61,10 +72,18 @@ def serve_cmd(
                           "settings.dicom.port / HOUNSFIELD_DICOM__PORT)")] = None,
     ae_title: Annotated[Optional[str], typer.Option("--ae-title", help="our AE title")] = None,
     dicom_host: Annotated[Optional[str], typer.Option("--dicom-host", help="bind address")] = None,
+    http_port: Annotated[Optional[int], typer.Option("--http-port", help="HTTP port (default "
+                         "settings.http.port / HOUNSFIELD_HTTP__PORT)")] = None,
+    http_host: Annotated[Optional[str], typer.Option("--http-host", help="HTTP bind address")] = None,
+    role: Annotated[str, typer.Option("--role", help="all (embedded default) | api | dicom")] = "all",
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
-    """Run the DICOM node (C-ECHO/C-STORE/C-FIND/C-MOVE/C-GET SCP) and the study-stable monitor
-    in the foreground until SIGINT / SIGTERM."""
+    """Run the platform in the foreground until SIGINT / SIGTERM: the HTTP server (DICOMweb,
+    API, console, OHIF at /viewer/), the DICOM node (C-ECHO/C-STORE/C-FIND/C-MOVE/C-GET SCP)
+    and the study-stable monitor — or one role of them (``--role api|dicom``) for scale-out."""
+    if role not in ROLES:
+        err_console.print(f"[bold red]error:[/] --role must be one of {', '.join(ROLES)}")
+        raise typer.Exit(2)
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
@@ -77,13 +96,18 @@ def serve_cmd(
             st_._settings = st_.settings.model_copy(
                 update={"dicom": dicom.model_copy(update=updates)})
         archive = st_.archive
-        components = build_components(archive)
+        components = build_components(archive, role, http_port=http_port, http_host=http_host)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_a: stop.set())
         d = archive.settings.dicom
-        console.print(f"starting Hounsfield DICOM node {d.ae_title} on {d.host}:{d.port}; "
-                      f"data in {archive.settings.data_dir}")
+        if role in ("all", "dicom"):
+            console.print(f"DICOM node {d.ae_title} on {d.host}:{d.port}")
+        for c in components:
+            if getattr(c, "name", "") == "http":
+                console.print(f"web on http://{c.host}:{c.port}/  (console; OHIF viewer at "
+                              f"/viewer/; DICOMweb at /dicom-web)")
+        console.print(f"data in {archive.settings.data_dir}; Ctrl-C stops")
         run_components(components, stop)
         console.print("stopped")
 
