@@ -104,7 +104,8 @@ class HounsfieldServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from hounsfield.cli.main import app; app()", "--data-dir", str(self.data_dir),
-             "serve", "--dicom-port", str(self.port), "--ae-title", self.ae_title],
+             "serve", "--role", "dicom", "--dicom-port", str(self.port),
+             "--ae-title", self.ae_title],
             env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         wait_port(self.port, timeout=60)
         return self
