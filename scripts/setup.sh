@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything Hounsfield and its tests need on a fresh Debian machine:
-# Debian packages (dcmtk, Orthanc + DICOMweb plugin, dicom3tools, Chromium, PostgreSQL, Redis),
+# Debian packages (dcmtk, Orthanc + DICOMweb plugin, dicom3tools, Chromium, PostgreSQL, Redis, npm),
 # a virtual environment in .venv (CPU torch first, then the package), and the OHIF viewer dist.
 # Idempotent: re-running skips what is already there.
 set -euo pipefail
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-APT_PKGS="dcmtk orthanc orthanc-dicomweb dicom3tools chromium postgresql redis-server"
+APT_PKGS="dcmtk orthanc orthanc-dicomweb dicom3tools chromium postgresql redis-server npm"
 missing=""
 for p in $APT_PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

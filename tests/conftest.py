@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,6 +15,11 @@ from hounsfield.config import Settings, load_settings
 from tests.helpers import PostgresServer
 
 _db_counter = itertools.count()
+
+# pynetdicom installs Python look-alikes of dcmtk's tools (echoscu, storescu, ...) into the
+# venv's bin/; with an activated venv they would shadow the real dcmtk peers the tests name.
+if shutil.which("storescu", path="/usr/bin"):
+    os.environ["PATH"] = "/usr/bin" + os.pathsep + os.environ.get("PATH", "")
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,12 @@ class DicomSettings(BaseModel):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    group_commit_max: int = Field(default=64, ge=1, description="C-STOREs per index commit")
+    reuse_port: bool = Field(default=False, description=(
+        "let several `serve` processes listen on one DICOM port (Linux SO_REUSEPORT spreads "
+        "associations over them): uses more than one CPU core"))
+    scu_retries: int = Field(default=3, ge=0, description="SCU retries per association/instance")
+    scu_retry_delay_s: float = Field(default=1.0, ge=0)
 
 
 class HttpSettings(BaseModel):
@@ -65,6 +71,19 @@ class HttpSettings(BaseModel):
     port: int = Field(default=8042, ge=0, le=65535)
     max_body_mb: int = Field(default=2048, ge=1)
     viewer_dir: Path | None = None
+
+
+class WebSettings(BaseModel):
+    """Users, sessions and the DICOMweb API (see docs/howto/users.md, docs/conformance.md)."""
+
+    session_hours: float = Field(default=12.0, gt=0, description="browser session lifetime")
+    token_days: float = Field(default=90.0, gt=0, description="default API token lifetime")
+    cookie_secure: bool = Field(default=False, description="send the session cookie over HTTPS only")
+    qido_max_limit: int = Field(default=1000, ge=1, description="most results one QIDO-RS page returns")
+    demo_user: str = Field(default="demo", description="admin created by the demo profile (password = name)")
+    public_url: str | None = Field(
+        default=None, description="external base URL (behind a proxy) for absolute URLs we return"
+    )
 
 
 class DeidSettings(BaseModel):
@@ -116,6 +135,7 @@ class Settings(BaseSettings):
     fsync: bool = Field(default=True, description="fsync blobs before acknowledging (keep on)")
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     deid: DeidSettings = Field(default_factory=DeidSettings)
 
     @field_validator("data_dir")

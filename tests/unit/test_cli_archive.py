@@ -44,6 +44,9 @@ def test_import_studies_show_export_check(tmp_path):
         (name,) = zf.namelist()
         assert zf.read(name) == ct.read_bytes()
     assert run(data, "export", "9.9.9", str(out)).exit_code == 2
+    r = run(data, "audit")
+    assert r.exit_code == 0, r.output
+    assert r.output.count("EXPORT") == 3, r.output  # two exports and the failed one
 
     assert "archive is consistent" in run(data, "check").output
     # damage: an orphan blob and a missing blob

@@ -36,6 +36,10 @@ def make_engine(url: str, *, immediate: bool = False) -> Engine:
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=60000")
+            # DICOM wildcard matching is case-sensitive except for PN (matched on lower());
+            # SQLite's LIKE is case-insensitive for ASCII unless told otherwise (PostgreSQL's
+            # is not): without this, C-FIND/QIDO answers differed between the two databases
+            cur.execute("PRAGMA case_sensitive_like=ON")
             cur.close()
 
         @event.listens_for(engine, "begin")

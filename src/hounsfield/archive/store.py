@@ -122,7 +122,7 @@ def _store(archive: Archive, batch: Sequence[ParsedInstance], sources: list[str]
     futures = [_POOL.submit(_put_once, blobs, key, batch[i].data) for i, key in to_write]
     for f in futures:
         f.result()  # raises OutOfResources on a full disk: nothing acknowledged
-    blobs.sync(key for _i, key in to_write)  # one directory fsync per folder, before commit
+    blobs.sync(key for _i, key in to_write)  # the whole batch made durable, before the commit
 
     now = utcnow()
     written: list[str] = []
@@ -181,7 +181,7 @@ def _store(archive: Archive, batch: Sequence[ParsedInstance], sources: list[str]
 
 def _put_once(blobs, key: str, data: bytes | None) -> None:  # noqa: ANN001
     if data is not None and not blobs.exists(key):
-        blobs.put(key, data, sync_dir=False)
+        blobs.put(key, data, deferred=True)
 
 
 def _series_pks(s: Session, items: list[tuple[ParsedInstance, str]], site: str,

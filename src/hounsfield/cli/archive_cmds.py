@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import getpass
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
+from hounsfield import audit
 from hounsfield.archive import migrate
 from hounsfield.archive.check import check as run_check
 from hounsfield.archive.export import export as run_export
 from hounsfield.archive.query import find_studies, get_study, series_counts, study_counts
 from hounsfield.cli.common import console, edge, err_console, progress, state
+from hounsfield.errors import HounsfieldError
 from hounsfield.ingest.importer import ImportReport, import_paths
+from hounsfield.ingest.stable import stable_state
 from hounsfield.ingest.sources import count_candidates
 
 
@@ -93,15 +97,18 @@ def studies_cmd(
             studies = find_studies(s, filters, limit=limit,
                                    case_insensitive_pn=archive.settings.dicom.case_insensitive_pn)
             counts = study_counts(s, [st.id for st in studies])
+        stable = stable_state(archive, [st.study_instance_uid for st in studies])
         t = Table(title=f"{len(studies)} studies")
         for col in ("StudyInstanceUID", "PatientName", "PatientID", "StudyDate", "Modalities",
-                    "Description", "Series", "Instances", "Site"):
+                    "Description", "Series", "Instances", "Site", "Stable"):
             t.add_column(col, overflow="fold")
         for st in studies:
             c = counts[st.id]
             t.add_row(st.study_instance_uid, st.patient.patient_name, st.patient.patient_id,
                       st.study_date, "/".join(c.modalities), st.study_description,
-                      str(c.series), str(c.instances), st.site)
+                      str(c.series), str(c.instances), st.site,
+                      "receiving" if stable[st.study_instance_uid] is None
+                      else stable[st.study_instance_uid].strftime("%Y-%m-%d %H:%M:%S"))
         console.print(t)
 
 
@@ -160,9 +167,20 @@ def export_cmd(
     """Export Part 10 files (the exact bytes stored) into a folder or a zip."""
     with edge():
         archive = state(ctx).archive
-        with progress() as bar:
-            task = bar.add_task("exporting", total=None)
-            n = run_export(archive, uid, dest, on_item=lambda _u: bar.advance(task))
+        actor = f"cli:{getpass.getuser()}"
+        try:
+            with progress() as bar:
+                task = bar.add_task("exporting", total=None)
+                n = run_export(archive, uid, dest, on_item=lambda _u: bar.advance(task))
+        except HounsfieldError as exc:
+            audit.record(archive, audit.Entry(audit.Action.EXPORT, actor=actor, source="cli",
+                                              destination=str(dest), study_instance_uid=uid[:64],
+                                              outcome=audit.Outcome.MINOR_FAILURE,
+                                              detail=exc.reason))
+            raise
+        audit.record(archive, audit.Entry(audit.Action.EXPORT, actor=actor, source="cli",
+                                          destination=str(dest), study_instance_uid=uid[:64],
+                                          detail=f"{n} instances"))
         console.print(f"exported {n} instances to {dest}")
 
 

@@ -48,5 +48,11 @@ def demo_cmd(
             console.print(f"synthetic studies from {len(sites)} sites; ground truth in {truth}")
         studies_cmd(ctx, limit=50)
         if serve:
-            console.print("serve is not available yet in this build; the archive is at "
-                          f"{archive.settings.data_dir}")
+            from hounsfield.cli.dicom_cmds import serve_cmd
+
+            s = archive.settings
+            console.print(f"\n[bold]Open http://{s.http.host}:{s.http.port}/ and log in as "
+                          f"demo / demo[/] (demo profile only). Send DICOM to "
+                          f"{s.dicom.ae_title}@{s.dicom.host}:{s.dicom.port}.")
+            serve_cmd(ctx, dicom_port=None, ae_title=None, dicom_host=None, http_port=None,
+                      http_host=None, role="all", log_level="INFO")

@@ -13,9 +13,11 @@ from hounsfield.cli import (
     archive_cmds,
     deid_cmds,
     demo_cmds,
+    dicom_cmds,
     evaluate_cmds,
     imaging_cmds,
     synth_cmds,
+    web_cmds,
 )
 from hounsfield.cli.common import State
 
@@ -51,8 +53,10 @@ def version() -> None:
 
 archive_cmds.register(app)
 demo_cmds.register(app)
+web_cmds.register(app)
 imaging_cmds.register(app)
 deid_cmds.register(app)
 synth_cmds.register(app)
+dicom_cmds.register(app)
 evaluate_cmds.register(app)
 ai_cmds.register(app)

@@ -67,7 +67,7 @@ def _prepare(item: Item, blob_root: str | None, fsync: bool) -> tuple[str, Parse
             store = FileBlobStore(Path(blob_root), fsync=fsync)
             key = blob_key(parsed.study_instance_uid, parsed.sop_instance_uid, parsed.sha256)
             if not store.exists(key):
-                store.put(key, parsed.data, sync_dir=False)  # the indexer syncs folders per batch
+                store.put(key, parsed.data, deferred=True)  # the indexer syncs each batch once
         except HounsfieldError as exc:
             return item.name, exc.reason
         parsed.data = None  # durable already; don't ship the bytes back

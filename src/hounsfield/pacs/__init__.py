@@ -1,0 +1,1 @@
+"""SCU side: echo, send, query/retrieve from other DICOM nodes, delivery log."""

@@ -1,0 +1,32 @@
+"""DICOM destinations: a name from ``settings.dicom.remotes`` or ``AE@host:port``."""
+
+from __future__ import annotations
+
+import re
+
+from hounsfield.config import RemoteNode, Settings
+from hounsfield.errors import InvalidInput
+
+_ADDR = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
+
+
+def resolve(settings: Settings, dest: str) -> RemoteNode:
+    """The remote node ``dest`` names; :class:`InvalidInput` with the known names otherwise."""
+    if dest in settings.dicom.remotes:
+        return settings.dicom.remotes[dest]
+    m = _ADDR.match(dest.strip())
+    if m:
+        port = int(m["port"])
+        if not 1 <= port <= 65535:
+            raise InvalidInput(f"port out of range in {dest!r}")
+        ae = m["ae"].strip()
+        if not ae or any(c in ae for c in "\\") or not ae.isprintable():
+            raise InvalidInput(f"invalid AE title in {dest!r}")
+        return RemoteNode(ae_title=ae, host=m["host"].strip("[]"), port=port)
+    known = ", ".join(sorted(settings.dicom.remotes)) or "none configured"
+    raise InvalidInput(f"unknown destination {dest!r}: use AE@host:port or a configured "
+                       f"remote ({known})")
+
+
+def label(node: RemoteNode) -> str:
+    return f"{node.ae_title}@{node.host}:{node.port}"

@@ -1,0 +1,1 @@
+"""The HTTP face of Hounsfield: FastAPI app, users and roles, console, OHIF mount."""

@@ -1,0 +1,142 @@
+"""Headless Chromium (Debian's, driven by Playwright) logs into the console, opens a CT in OHIF,
+and sees the image rendered, a DICOM SEG overlay on it, and a TID 1500 SR measurement.
+
+Needs /usr/bin/chromium and the OHIF dist in assets/ohif (both from scripts/setup.sh); when
+either is missing the test fails and says so — it is never skipped silently.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hounsfield.archive import Archive
+from hounsfield.archive.parse import parse_part10
+from hounsfield.archive.store import store_instances
+from hounsfield.config import load_settings
+from hounsfield.web.viewer import default_viewer_dir
+from tests.web_data import ct_series, seg_of, sr_of, to_bytes
+from tests.web_server import LiveServer
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-dev-shm-usage", "--no-first-run", "--disable-extensions"]
+
+
+def _requirements() -> None:
+    missing = []
+    if not Path(CHROMIUM).exists():
+        missing.append(f"Chromium ({CHROMIUM})")
+    if not (default_viewer_dir() / "index.html").is_file():
+        missing.append(f"the OHIF dist ({default_viewer_dir()})")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright Python package")
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: run scripts/setup.sh", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    _requirements()
+    tmp = tmp_path_factory.mktemp("e2e")
+    settings = load_settings(data_dir=tmp / "var", profile="demo")
+    archive = Archive.open(settings)
+    cts = ct_series(8, 64, seed="e2e-ct", patient="VIEWER^TEST", description="CT E2E")
+    seg = seg_of(cts)
+    sr = sr_of(cts)
+    outcomes = store_instances(archive, [parse_part10(to_bytes(d)) for d in cts + [seg, sr]],
+                               source="test")
+    assert all(o.status == "stored" for o in outcomes)
+    live = LiveServer(settings, archive).start()
+    yield live, cts
+    live.stop()
+    archive.close()
+
+
+def _shot(locator) -> np.ndarray:  # noqa: ANN001
+    return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB")).astype(int)
+
+
+def test_login_open_ct_in_ohif_and_show_seg(server, tmp_path: Path) -> None:  # noqa: ANN001
+    from playwright.sync_api import sync_playwright
+
+    live, cts = server
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.on("response", lambda r: problems.append(f"{r.status} {r.url}")
+                    if r.status >= 500 or ("/dicom-web/" in r.url and r.status >= 400) else None)
+            # the viewer needs a login first
+            page.goto(live.url + "/viewer/")
+            page.wait_for_url(re.compile(r".*/login\?next=.*"))
+            page.fill("input[name=username]", "demo")
+            page.fill("input[name=password]", "demo")
+            page.click("button[type=submit]")
+            page.wait_for_url("**/viewer/")
+            page.get_by_text("CT E2E").first.wait_for(timeout=30000)  # OHIF's study list
+
+            page.goto(live.url + "/studies")
+            page.get_by_text("VIEWER TEST").first.click()
+            page.wait_for_url("**/studies/*")
+            page.click("#open-viewer")
+            page.wait_for_url(re.compile(r".*/viewer/viewer\?StudyInstanceUIDs=.*"))
+            canvas = page.locator("canvas.cornerstone-canvas").first
+            canvas.wait_for(timeout=30000)
+            page.get_by_text("I:", exact=False).first.wait_for(timeout=30000)
+            page.wait_for_timeout(1500)
+            skip = page.get_by_text("Skip all")
+            if skip.count():
+                skip.first.click()  # OHIF's onboarding tour
+            image = _shot(canvas)
+            page.screenshot(path=str(tmp_path / "ct.png"))
+            gray = image.mean(axis=2)
+            assert gray.std() > 20, "the CT viewport is blank"
+            assert (gray > 60).mean() > 0.1, "the CT viewport shows almost nothing"
+            reddish_before = int(((image[..., 0] - image[..., 1]) > 60).sum())
+
+            page.get_by_text("SEG", exact=True).first.dblclick()
+            page.get_by_role("button", name="Yes").click(timeout=30000)
+            page.wait_for_timeout(2000)
+            page.locator("[data-cy=panelSegmentation-btn]").first.click()
+            page.get_by_text("sphere").first.wait_for(timeout=30000)  # Segmentations panel
+            page.wait_for_timeout(1000)
+            overlay = _shot(page.locator("canvas.cornerstone-canvas").first)
+            page.screenshot(path=str(tmp_path / "seg.png"))
+            reddish = int(((overlay[..., 0] - overlay[..., 1]) > 60).sum())
+            assert reddish > reddish_before + 500, (
+                f"no SEG overlay visible ({reddish_before} -> {reddish} red pixels); "
+                f"screenshots in {tmp_path}")
+
+            # a TID 1500 measurement report: OHIF draws its ROI and the area next to it
+            page.get_by_text("SR", exact=True).first.dblclick()
+            page.get_by_text(re.compile(r"Area: [0-9.]+ mm")).first.wait_for(timeout=30000)
+            page.wait_for_timeout(1000)
+            report = _shot(page.locator("canvas.cornerstone-canvas").first)
+            page.screenshot(path=str(tmp_path / "sr.png"))
+            svg = page.locator("svg").filter(has_text="Area").count()
+            assert svg >= 1, "the SR measurement is not drawn"
+            assert report.std() > 20
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failure.png"))
+            raise
+        finally:
+            browser.close()
+    assert not problems, problems
+    live.flush_audit()
+    from hounsfield.audit import query
+
+    with live.archive.session() as s:
+        actions = {e.action for e in query(s, {"actor": "demo"}, limit=1000)}
+    assert {"LOGIN", "QIDO", "WADO", "VIEW"} <= actions
