@@ -73,6 +73,14 @@ class HttpSettings(BaseModel):
     viewer_dir: Path | None = None
 
 
+class AiSettings(BaseModel):
+    """The AI platform: model registry / tracking (see docs/howto/lung-nodule-detection.md)."""
+
+    mlflow_url: str | None = Field(
+        default=None, description="MLflow backend store URL (e.g. postgresql+psycopg://...); "
+        "default sqlite:///<data_dir>/mlflow/mlflow.db")
+
+
 class WebSettings(BaseModel):
     """Users, sessions and the DICOMweb API (see docs/howto/users.md, docs/conformance.md)."""
 
@@ -137,6 +145,7 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     deid: DeidSettings = Field(default_factory=DeidSettings)
+    ai: AiSettings = Field(default_factory=AiSettings)
 
     @field_validator("data_dir")
     @classmethod

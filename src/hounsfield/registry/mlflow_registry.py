@@ -1,8 +1,8 @@
 """The model registry: MLflow tracking + model versions, backend in the data directory.
 
 Tracking and registry share one SQLAlchemy store (``sqlite:///<data_dir>/mlflow/mlflow.db`` by
-default, or ``settings.ai.mlflow_url``, e.g. PostgreSQL) and a local artifact root
-``<data_dir>/mlflow/artifacts``.  A model version's source is the ``bundle`` artifact folder of
+default, or ``settings.ai.mlflow_url`` / ``HOUNSFIELD_AI__MLFLOW_URL``, e.g. PostgreSQL) and a
+local artifact root ``<data_dir>/mlflow/artifacts``.  A model version's source is the ``bundle`` artifact folder of
 the run that produced it (a MONAI-layout bundle), and it carries lineage tags:
 ``dataset``, ``dataset_hash``, ``code_version``, ``recipe``, ``recipe_hash``, ``base_model``,
 plus evaluation headline numbers once a report is attached.
@@ -38,10 +38,8 @@ class ModelVersionInfo:
 
 
 def tracking_uri(settings) -> str:
-    ai = getattr(settings, "ai", None)
-    url = getattr(ai, "mlflow_url", None) if ai is not None else None
-    if url:
-        return url
+    if settings.ai.mlflow_url:
+        return settings.ai.mlflow_url
     root = Path(settings.data_dir) / "mlflow"
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
