@@ -9,7 +9,10 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-APT_PKGS="dcmtk orthanc orthanc-dicomweb dicom3tools chromium postgresql redis-server npm"
+APT_PKGS="dcmtk orthanc orthanc-dicomweb dicom3tools chromium postgresql redis-server"
+# npm: Debian's package only where no npm is on the PATH (a NodeSource nodejs ships its own npm
+# and conflicts with Debian's)
+command -v npm >/dev/null 2>&1 || APT_PKGS="$APT_PKGS npm"
 missing=""
 for p in $APT_PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
