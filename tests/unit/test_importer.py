@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -206,7 +207,8 @@ def test_kill_minus_9_mid_import_then_check_and_rerun(tmp_path):
     data = tmp_path / "var"
     _cli(data, "db", "upgrade", check=True)
     p = subprocess.Popen([sys.executable, "-m", "hounsfield.cli", "--data-dir", str(data), "import",
-                          str(src)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          str(src)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
     # wait until some blobs exist, then kill -9 in the middle of the import
     import time
 
@@ -215,7 +217,7 @@ def test_kill_minus_9_mid_import_then_check_and_rerun(tmp_path):
         if sum(len(f) for _d, _s, f in os.walk(data / "blobs")) > 200 if (data / "blobs").exists() else False:
             break
         time.sleep(0.02)
-    p.kill()
+    os.killpg(p.pid, signal.SIGKILL)  # the import and its worker processes, as a crash would
     p.wait()
     first = _cli(data, "check")
     # a consistent archive: at most orphans/temp files, never a row without its blob

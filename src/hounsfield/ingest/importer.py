@@ -139,8 +139,9 @@ def import_paths(
         flush()
         return report
 
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["hounsfield.archive.parse", "hounsfield.archive.blobstore"])
+    # spawn: no forked copies of this process's threads and locks, and nothing left running
+    # after the import (a forkserver outlives its parent in some runs)
+    ctx = multiprocessing.get_context("spawn")
     pending: deque[Future] = deque()
     with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
         for item in iter_items(paths):
