@@ -12,7 +12,7 @@ from fastapi import Request
 from starlette.responses import Response
 
 from hounsfield.dicom.uids import is_lenient_uid
-from hounsfield.dicomweb.multipart import parse_media_type
+from hounsfield.dicomweb.multipart import parse_media_type, split_unquoted
 from hounsfield.errors import HounsfieldError, InvalidInput, NotFound
 
 DICOM_JSON = "application/dicom+json"
@@ -69,7 +69,7 @@ def parse_accept(header: str | None) -> list[AcceptItem]:
     if not header:
         return []
     items = []
-    for raw in _split_commas(header):
+    for raw in split_unquoted(header, ","):
         if not raw.strip():
             continue
         media, params = parse_media_type(raw)
@@ -79,20 +79,6 @@ def parse_accept(header: str | None) -> list[AcceptItem]:
             q = 1.0
         items.append(AcceptItem(media, params, q))
     return sorted(items, key=lambda i: -i.q)
-
-
-def _split_commas(value: str) -> list[str]:
-    out, cur, quoted = [], [], False
-    for ch in value:
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            out.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    out.append("".join(cur))
-    return out
 
 
 def wants_json(request: Request) -> None:

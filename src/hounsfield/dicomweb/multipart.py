@@ -27,7 +27,7 @@ class Part:
 
 def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
     """``type/subtype; a=b; c="d"`` -> (``type/subtype`` lower-cased, {a: b, c: d})."""
-    head, *rest = _split_params(value)
+    head, *rest = split_unquoted(value, ";")
     params: dict[str, str] = {}
     for item in rest:
         name, sep, val = item.partition("=")
@@ -40,12 +40,13 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
     return head.strip().lower(), params
 
 
-def _split_params(value: str) -> list[str]:
+def split_unquoted(value: str, sep: str) -> list[str]:
+    """Split a header value on ``sep`` outside double-quoted strings (RFC 9110 §5.6)."""
     out, cur, quoted = [], [], False
     for ch in value:
         if ch == '"':
             quoted = not quoted
-        if ch == ";" and not quoted:
+        if ch == sep and not quoted:
             out.append("".join(cur))
             cur = []
         else:
