@@ -104,7 +104,7 @@ def train_cmd(
     dataset: Annotated[str, typer.Option(help="dataset NAME[@VERSION]")],
     base: Annotated[Optional[str], typer.Option(help="fine-tune from MODEL@VERSION")] = None,
     name: Annotated[Optional[str], typer.Option(help="registered model name")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="recipe preset (gpu, tiny)")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="recipe preset (gpu, heatmap, tiny)")] = None,
     max_minutes: Annotated[Optional[float], typer.Option(help="override the time budget")] = None,
     max_epochs: Annotated[Optional[int], typer.Option(help="override max epochs")] = None,
     resume: Annotated[Optional[str], typer.Option(help="checkpoint path, or 'last'")] = None,

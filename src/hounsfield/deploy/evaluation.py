@@ -15,7 +15,8 @@ from hounsfield.evaluate.study import AcceptanceTargets, evaluate_detections
 def predict_split(archive, settings, runner, ds, split: str, *, precision: str = "fp32",
                   on_item=None) -> tuple[list[str], list[Detection], dict[str, str], float]:
     """Detections of ``runner`` on every series of a split (preprocessed volumes are cached)."""
-    from hounsfield.train.data import _cached
+    from hounsfield.deploy.two_stage import TwoStageRunner
+    from hounsfield.train.data import _cached, volume_key
 
     cache = Path(settings.data_dir) / "cache" / "preprocessed"
     scans, dets, sites = [], [], {}
@@ -23,7 +24,11 @@ def predict_split(archive, settings, runner, ds, split: str, *, precision: str =
     for row in ds.series(split):
         uid = row["series_instance_uid"]
         vol = _cached(archive, row, runner.plan, cache)
-        res = runner.run_volume(vol, precision=precision, preprocessed=True)
+        if isinstance(runner, TwoStageRunner):  # candidates cached like the volume
+            res = runner.run_volume(vol, precision=precision, preprocessed=True,
+                                    cache_dir=cache, cache_key=volume_key(row, runner.plan))
+        else:
+            res = runner.run_volume(vol, precision=precision, preprocessed=True)
         scans.append(uid)
         sites[uid] = row["site"]
         dets.extend(Detection(uid, f.x_mm, f.y_mm, f.z_mm, f.probability, f.diameter_mm)

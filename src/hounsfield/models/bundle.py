@@ -27,7 +27,8 @@ from hounsfield.errors import InvalidInput
 from hounsfield.models.detector import NetworkSpec, build_network
 from hounsfield.models.volume import PreprocessPlan
 
-_TARGETS = {"basic_unet": "monai.networks.nets.BasicUNet"}
+_TARGETS = {"basic_unet": "monai.networks.nets.BasicUNet",
+            "patch_cnn": "hounsfield.models.detector.PatchClassifier"}
 
 
 def write_bundle(path: Path | str, net: torch.nn.Module, *, recipe: dict[str, Any],
@@ -41,6 +42,7 @@ def write_bundle(path: Path | str, net: torch.nn.Module, *, recipe: dict[str, An
     (root / "models").mkdir(exist_ok=True)
     (root / "docs").mkdir(exist_ok=True)
     spec = NetworkSpec.model_validate(recipe["network"])
+    two_stage = recipe.get("detector", "heatmap") == "two-stage"
     torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()},
                root / "models" / "model.pt")
     metadata = {
@@ -53,7 +55,8 @@ def write_bundle(path: Path | str, net: torch.nn.Module, *, recipe: dict[str, An
         "numpy_version": np.__version__,
         "optional_packages_version": {},
         "name": recipe.get("name", "lung-nodule-detection"),
-        "task": "CT lung nodule detection (centre heatmap + diameter)",
+        "task": ("CT lung nodule detection (blob candidates + patch classifier)" if two_stage
+                 else "CT lung nodule detection (centre heatmap + diameter)"),
         "description": description or recipe.get("description", ""),
         "authors": "Hounsfield",
         "copyright": "Copyright (c) the model's owner",
@@ -63,7 +66,11 @@ def write_bundle(path: Path | str, net: torch.nn.Module, *, recipe: dict[str, An
                                  "num_channels": 1, "spatial_shape": list(recipe["patch"]),
                                  "dtype": "float32", "value_range": [0, 1], "is_patch_data": True,
                                  "channel_def": {"0": "image"}}},
-            "outputs": {"pred": {"type": "heatmap", "format": "logits+log-diameter",
+            "outputs": {"pred": {"type": "probabilities", "format": "candidate logit",
+                                 "num_channels": 1, "spatial_shape": [], "dtype": "float32",
+                                 "value_range": [], "is_patch_data": True,
+                                 "channel_def": {"0": "nodule logit"}}} if two_stage else
+                        {"pred": {"type": "heatmap", "format": "logits+log-diameter",
                                  "num_channels": 2, "spatial_shape": list(recipe["patch"]),
                                  "dtype": "float32", "value_range": [], "is_patch_data": True,
                                  "channel_def": {"0": "centre logit", "1": "log diameter mm"}}},
@@ -77,7 +84,13 @@ def write_bundle(path: Path | str, net: torch.nn.Module, *, recipe: dict[str, An
         "roi_size": list(recipe["inference"]["roi"]),
         "overlap": recipe["inference"]["overlap"],
     }
+    if two_stage:
+        inference = {"network_def": {"_target_": _TARGETS[spec.name],
+                                     "spec": spec.model_dump(mode="json")},
+                     "patch_size": list(recipe["patch"])}
     hf = {"format": "hounsfield-nodule-detector/1", "plan": recipe["plan"],
+          "detector": recipe.get("detector", "heatmap"), "candidates": recipe.get("candidates"),
+          "patch": list(recipe["patch"]),
           "network": spec.model_dump(mode="json"), "inference": recipe["inference"],
           "recipe": recipe, "lineage": lineage}
     (root / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
@@ -129,6 +142,15 @@ def load_runner(path: Path | str, *, name: str = "", version: str = ""):
 
     net, hf = load_network(path)
     inf = hf["inference"]
+    if hf.get("detector", "heatmap") == "two-stage":
+        from hounsfield.deploy.two_stage import TwoStageRunner
+        from hounsfield.models.candidates import CandidateSpec
+
+        return TwoStageRunner(net, PreprocessPlan.model_validate(hf["plan"]),
+                              CandidateSpec.model_validate(hf["candidates"]),
+                              tuple(hf["patch"]), threshold=inf["threshold"],
+                              top_k=inf["top_k"], batch_size=inf["batch_size"],
+                              model_name=name, model_version=version)
     return DetectorRunner(net, PreprocessPlan.model_validate(hf["plan"]), tuple(inf["roi"]),
                           threshold=inf["threshold"], top_k=inf["top_k"], overlap=inf["overlap"],
                           batch_size=inf["batch_size"], model_name=name, model_version=version)

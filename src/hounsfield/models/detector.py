@@ -41,13 +41,56 @@ def _basic_unet(spec: NetworkSpec) -> torch.nn.Module:
                      norm=("instance", {"affine": True, "eps": 1e-3}), dropout=spec.dropout)
 
 
-NETWORKS: dict[str, Callable[[NetworkSpec], torch.nn.Module]] = {"basic_unet": _basic_unet}
+class PatchClassifier(torch.nn.Module):
+    """Stage 2 of the two-stage detector: a small 3D CNN scoring a candidate-centred patch.
+
+    Four conv blocks (3x3x3 conv, instance norm, LeakyReLU; max-pool between blocks) widths
+    ``features[0:4]`` — one conv in the full-resolution block, two in the others (the first
+    block dominates the cost of scoring a thousand candidates per scan) — global average + max
+    pooling, a ``features[4]``-wide hidden layer and one
+    logit: "this candidate is a nodule".  Instance norm keeps DDP ranks equal to one process.
+    """
+
+    def __init__(self, spec: NetworkSpec) -> None:
+        super().__init__()
+        widths = spec.features[:4]
+        layers: list[torch.nn.Module] = []
+        cin = 1
+        for i, w in enumerate(widths):
+            if i:
+                layers.append(torch.nn.MaxPool3d(2, ceil_mode=True))
+            for k in range(2 if i else 1):
+                layers += [torch.nn.Conv3d(cin if k == 0 else w, w, 3, padding=1),
+                           torch.nn.InstanceNorm3d(w, affine=True, eps=1e-3),
+                           torch.nn.LeakyReLU(0.1)]
+            cin = w
+        self.features = torch.nn.Sequential(*layers)
+        self.head = torch.nn.Sequential(torch.nn.Linear(2 * cin, spec.features[4]),
+                                        torch.nn.LeakyReLU(0.1), torch.nn.Dropout(spec.dropout),
+                                        torch.nn.Linear(spec.features[4], 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        f = torch.cat([f.mean(dim=(2, 3, 4)), f.amax(dim=(2, 3, 4))], dim=1)
+        return self.head(f)[:, 0]
+
+
+def _patch_cnn(spec: NetworkSpec) -> torch.nn.Module:
+    return PatchClassifier(spec)
+
+
+NETWORKS: dict[str, Callable[[NetworkSpec], torch.nn.Module]] = {"basic_unet": _basic_unet,
+                                                                  "patch_cnn": _patch_cnn}
 
 
 def build_network(spec: NetworkSpec) -> torch.nn.Module:
     if spec.name not in NETWORKS:
         raise InvalidInput(f"unknown network {spec.name!r}; known: {', '.join(sorted(NETWORKS))}")
     net = NETWORKS[spec.name](spec)
+    if isinstance(net, PatchClassifier):
+        with torch.no_grad():  # start near the candidates' prior (most are not nodules)
+            net.head[-1].bias.fill_(-2.0)
+        return net
     with torch.no_grad():  # start the heatmap near the nodule prior (focal-loss init)
         last = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d)][-1]
         if last.bias is not None:

@@ -27,6 +27,7 @@ class PreparedVolume:
     centres_zyx: np.ndarray  # (n, 3)
     diameters_mm: np.ndarray  # (n,)
     site: str = ""
+    cache_key: str = ""  # content hash + plan: names derived caches (stage-1 candidates)
 
     @property
     def diameters_vox(self) -> np.ndarray:
@@ -43,22 +44,28 @@ def prepare_split(archive, ds, split: str, plan: PreprocessPlan, cache_dir: Path
     out = []
     for r in rows:
         vol = _cached(archive, r, plan, cache_dir)
+        key = volume_key(r, plan)
         nods = ds.nodules([r["series_instance_uid"]])
         if nods:
             zyx = to_voxel(vol, np.array([(n.x, n.y, n.z) for n in nods]))
             dm = np.array([n.diameter_mm for n in nods], dtype=np.float32)
         else:
             zyx, dm = np.zeros((0, 3)), np.zeros(0, dtype=np.float32)
-        out.append(PreparedVolume(vol, zyx, dm, r["site"]))
+        out.append(PreparedVolume(vol, zyx, dm, r["site"], key))
         if on_item:
             on_item(r)
     return out
 
 
+def volume_key(row, plan: PreprocessPlan) -> str:
+    """Cache key of a series' preprocessed volume: its content hash and the plan."""
+    return hashlib.sha256(f"{row['sha256']}|{plan.key()}".encode()).hexdigest()[:24]
+
+
 def _cached(archive, row, plan: PreprocessPlan, cache_dir: Path | None) -> Volume:
     uid = row["series_instance_uid"]
     if cache_dir is not None:
-        key = hashlib.sha256(f"{row['sha256']}|{plan.key()}".encode()).hexdigest()[:24]
+        key = volume_key(row, plan)
         f = cache_dir / plan.key() / f"{key}.npz"
         if f.is_file():
             z = np.load(f)

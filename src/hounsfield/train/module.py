@@ -147,7 +147,7 @@ class EpochSeed(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         dl = trainer.train_dataloader
         ds = getattr(dl, "dataset", None)
-        if isinstance(ds, PatchDataset):
+        if hasattr(ds, "set_epoch"):  # PatchDataset, CandidatePatchDataset
             ds.set_epoch(trainer.current_epoch)
 
 

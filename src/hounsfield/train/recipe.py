@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hounsfield.errors import InvalidInput
 from hounsfield.evaluate.study import AcceptanceTargets
+from hounsfield.models.candidates import CandidateSpec
 from hounsfield.models.detector import NetworkSpec
 from hounsfield.models.volume import PreprocessPlan
 
@@ -55,6 +56,10 @@ class Recipe(Strict):
     name: str
     description: str = ""
     task: Literal["nodule-detection"] = "nodule-detection"
+    detector: Literal["heatmap", "two-stage"] = Field(
+        default="heatmap", description="heatmap: one dense U-Net (sliding window); two-stage: "
+        "blob candidates + a patch classifier (false-positive reduction)")
+    candidates: CandidateSpec = Field(default_factory=CandidateSpec)
     plan: PreprocessPlan = Field(default_factory=PreprocessPlan)
     network: NetworkSpec = Field(default_factory=NetworkSpec)
     patch: tuple[int, int, int] = (32, 96, 96)

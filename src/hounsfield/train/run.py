@@ -95,11 +95,15 @@ def train(archive, settings, recipe_name: str, dataset_ref: str, *, model_name: 
     if base:
         base_mv = reg.resolve(base)
         base_net, base_hf = load_network(reg.bundle_path(base_mv))
-        # the fine-tuned model keeps the base model's input plan and architecture
-        recipe = recipe.model_copy(update={
-            "plan": recipe.plan.model_validate(base_hf["plan"]),
-            "network": recipe.network.model_validate(base_hf["network"]),
-        })
+        # the fine-tuned model keeps the base model's input plan and architecture (and, for
+        # a two-stage model, its candidate generator and patch size)
+        keep = {k: base_hf[k] for k in ("detector", "candidates", "patch")
+                if base_hf.get(k) is not None}
+        if "detector" not in keep:
+            keep["detector"] = "heatmap"  # bundles from before the two-stage detector
+        recipe = type(recipe).model_validate({**recipe.model_dump(mode="json"), **keep,
+                                              "plan": base_hf["plan"],
+                                              "network": base_hf["network"]})
     train_split, val_split, test_splits = _splits(ds, fine_tune=base is not None)
     rank = int(os.environ.get("RANK", "0"))
     cache = Path(settings.data_dir) / "cache" / "preprocessed"
@@ -114,7 +118,13 @@ def train(archive, settings, recipe_name: str, dataset_ref: str, *, model_name: 
     run_dir = Path(run_dir or Path(settings.data_dir) / "runs" / f"{name}-{stamp}")
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     lr = recipe.optimizer.lr * (recipe.fine_tune_lr_factor if base else 1.0)
-    module = NoduleDetectionModule(recipe, tr, va, lr=lr)
+    if recipe.detector == "two-stage":
+        from hounsfield.train.two_stage import CandidateClassifierModule
+
+        log(f"stage-1 candidates for {len(tr)} + {len(va)} volumes")
+        module = CandidateClassifierModule(recipe, tr, va, lr=lr, cache_dir=cache)
+    else:
+        module = NoduleDetectionModule(recipe, tr, va, lr=lr)
     if base_net is not None:
         module.net.load_state_dict(base_net.state_dict())
     run_id = None

@@ -1,0 +1,190 @@
+"""Stage 1 of the two-stage nodule detector: candidate generation (no learning).
+
+The classic LUNA16 design (e.g. Setio et al. 2016): find every blob-like structure in the lungs
+at several scales, tuned for high nodule sensitivity at a few thousand candidates per scan;
+stage 2 (a small 3D CNN, :class:`hounsfield.models.detector.PatchClassifier`) then rejects the
+false positives (vessel crossings and ends, pleura).  The blob measure is the Hessian "dot"
+filter (:func:`dot_response`), scale-normalised (Lindeberg 1998): a sphere of diameter ``d``
+answers most strongly at ``sigma = d / (2 sqrt 3)``, which gives the candidate's diameter.
+
+The lung mask: low-density regions of each axial slice that do not touch the slice's border (the
+air outside the body does), closed and hole-filled per slice so that vessels and nodules inside
+the lungs belong to it, then dilated so that juxtapleural nodules' centres do too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from scipy import ndimage
+
+
+class CandidateSpec(BaseModel):
+    """Candidate-generation settings (saved with the model bundle)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    diameters_mm: tuple[float, ...] = (3.0, 4.5, 6.5, 9.5, 14.0, 20.0, 28.0)
+    lung_hu: float = Field(default=-500.0, description="lung = below this HU")
+    clip_hu: float | None = Field(
+        default=None, description="blob filter on the image clipped to this HU: solid vessels "
+        "and ground-glass / part-solid nodules then answer more alike (faint nodules rank higher)")
+    dilate_mm: float = Field(default=6.0, ge=0)
+    min_response: float = Field(default=0.005, ge=0, description="min scale-normalised blobness")
+    max_candidates: int = Field(default=1400, ge=1, description="split evenly over the "
+                                "scales unless per_scale is given")
+    per_scale: tuple[int, ...] | None = Field(
+        default=None, description="candidates kept per scale (aligned with diameters_mm): small "
+        "scales need many more — vessel crossings and ends look like small blobs too")
+    merge_mm: float = Field(default=3.0, ge=0, description="peaks of one scale closer than this "
+                            "(or the scale's radius) are one candidate")
+
+    @model_validator(mode="after")
+    def _aligned(self) -> "CandidateSpec":
+        if self.per_scale is not None and len(self.per_scale) != len(self.diameters_mm):
+            raise ValueError("per_scale needs one count per entry of diameters_mm")
+        return self
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Candidates of one volume (voxel z, y, x; diameter mm; blobness response)."""
+
+    zyx: np.ndarray          # (n, 3) float
+    diameter_mm: np.ndarray  # (n,)
+    response: np.ndarray     # (n,)
+
+    def __len__(self) -> int:
+        return len(self.response)
+
+
+def lung_mask(array: np.ndarray, spacing_xyz: tuple[float, float, float], spec: CandidateSpec,
+              hu_min: float, hu_max: float) -> np.ndarray:
+    """Lungs (with their vessels and nodules) of a preprocessed volume in [0, 1]."""
+    thr = (spec.lung_hu - hu_min) / (hu_max - hu_min)
+    low = array < thr
+    # components per axial slice (no connection across slices): the air around the body
+    # touches the slice's border; the airways leave through the top of the volume, so a 3D
+    # border test would throw the lungs away with them
+    st2 = np.zeros((3, 3, 3), bool)
+    st2[1] = ndimage.generate_binary_structure(2, 1)
+    lab, n = ndimage.label(low, structure=st2)
+    if n == 0:
+        return np.ones(array.shape, bool)
+    border = np.unique(np.concatenate([lab[:, 0].ravel(), lab[:, -1].ravel(),
+                                       lab[:, :, 0].ravel(), lab[:, :, -1].ravel()]))
+    sizes = ndimage.sum_labels(np.ones_like(lab, dtype=np.int32), lab, index=np.arange(n + 1))
+    min_px = 30.0 / (spacing_xyz[0] * spacing_xyz[1])  # >= 30 mm^2 in a slice
+    keep = sizes >= min_px
+    keep[border] = False
+    keep[0] = False
+    lungs = keep[lab]
+    if not lungs.any():  # a crop inside the lungs (no body outline): all low density is lung
+        lungs = low
+    sz, sy, sx = spacing_xyz[2], spacing_xyz[1], spacing_xyz[0]
+    r = [max(1, int(round(spec.dilate_mm / s))) for s in (sz, sy, sx)]
+    st = _ellipsoid(r)
+    lungs = ndimage.binary_dilation(lungs, structure=st)
+    for k in range(lungs.shape[0]):  # vessels / nodules enclosed by lung in a slice belong to it
+        lungs[k] = ndimage.binary_fill_holes(lungs[k])
+    return lungs
+
+
+def _ellipsoid(r: list[int]) -> np.ndarray:
+    g = np.indices([2 * v + 1 for v in r], dtype=np.float32)
+    return sum(((g[k] - r[k]) / r[k]) ** 2 for k in range(3)) <= 1.0
+
+
+def find_candidates(array: np.ndarray, spacing_xyz: tuple[float, float, float],
+                    spec: CandidateSpec, *, hu_min: float = -1000.0,
+                    hu_max: float = 400.0) -> Candidates:
+    """Multi-scale LoG blob candidates inside the lungs of a preprocessed volume."""
+    img = np.asarray(array, dtype=np.float32)
+    mask = lung_mask(img, spacing_xyz, spec, hu_min, hu_max)
+    if spec.clip_hu is not None:
+        img = np.minimum(img, np.float32((spec.clip_hu - hu_min) / (hu_max - hu_min)))
+    sp_zyx = np.array([spacing_xyz[2], spacing_xyz[1], spacing_xyz[0]], dtype=np.float32)
+    quota = spec.per_scale or (max(1, spec.max_candidates // len(spec.diameters_mm)),) * \
+        len(spec.diameters_mm)
+    zyx, diam, resp_all = [], [], []
+    for d, per_scale in zip(spec.diameters_mm, quota):
+        # peaks of each scale separately, the strongest ``per_scale`` of each: responses of
+        # different scales are not comparable enough to rank small nodules against big vessels
+        sig_mm = d / (2 * np.sqrt(3.0))
+        sig = np.maximum(sig_mm / sp_zyx, 0.5)
+        resp = dot_response(img, sig, sp_zyx, mask) * np.float32(sig_mm ** 2)
+        rad = max(spec.merge_mm, d / 2)
+        size = [max(3, 2 * int(round(rad / s)) + 1) for s in sp_zyx]
+        peaks = (resp == ndimage.maximum_filter(resp, size=size, mode="nearest")) & \
+            (resp >= spec.min_response)
+        idx = np.argwhere(peaks)
+        r = resp[tuple(idx.T)]
+        order = np.argsort(-r, kind="stable")[:per_scale]
+        zyx.append(idx[order].astype(np.float64))
+        diam.append(np.full(len(order), d))
+        resp_all.append(r[order].astype(np.float64))
+    zyx_a = np.concatenate(zyx) if zyx else np.zeros((0, 3))
+    return Candidates(zyx_a, np.concatenate(diam), np.concatenate(resp_all))
+
+
+def dot_response(img: np.ndarray, sigma_vox: np.ndarray, sp_zyx: np.ndarray,
+                 mask: np.ndarray) -> np.ndarray:
+    """Blobness at one scale: minus the largest Hessian eigenvalue where all three are negative.
+
+    Li, Sone and Doi's "dot enhancement" idea (Med. Phys. 2003): a bright sphere curves down
+    in every direction, a vessel (a tube) is flat along its axis — so the weakest curvature
+    separates nodules from vessels, which the Laplacian (the sum) does not.  The Hessian is
+    taken by central differences (in mm) of the Gaussian-smoothed image; the eigenvalues only
+    where it is negative definite (Sylvester's criterion), the rest is 0.  ``-inf`` outside
+    ``mask``.
+    """
+    g = ndimage.gaussian_filter(img, sigma=sigma_vox)
+    hz, hy, hx = (float(v) for v in sp_zyx)
+    c = (slice(1, -1),) * 3
+
+    def sh(dz: int, dy: int, dx: int) -> np.ndarray:
+        return g[1 + dz:g.shape[0] - 1 + dz, 1 + dy:g.shape[1] - 1 + dy, 1 + dx:g.shape[2] - 1 + dx]
+
+    mid = g[c]
+    dzz = (sh(1, 0, 0) - 2 * mid + sh(-1, 0, 0)) / (hz * hz)
+    dyy = (sh(0, 1, 0) - 2 * mid + sh(0, -1, 0)) / (hy * hy)
+    dxx = (sh(0, 0, 1) - 2 * mid + sh(0, 0, -1)) / (hx * hx)
+    dzy = (sh(1, 1, 0) - sh(1, -1, 0) - sh(-1, 1, 0) + sh(-1, -1, 0)) / (4 * hz * hy)
+    dzx = (sh(1, 0, 1) - sh(1, 0, -1) - sh(-1, 0, 1) + sh(-1, 0, -1)) / (4 * hz * hx)
+    dyx = (sh(0, 1, 1) - sh(0, 1, -1) - sh(0, -1, 1) + sh(0, -1, -1)) / (4 * hy * hx)
+    det2 = dzz * dyy - dzy * dzy
+    det3 = dzz * (dyy * dxx - dyx * dyx) - dzy * (dzy * dxx - dyx * dzx) + dzx * (dzy * dyx - dyy * dzx)
+    negdef = (dzz < 0) & (det2 > 0) & (det3 < 0) & mask[c]
+    where = np.nonzero(negdef)
+    h = np.empty((len(where[0]), 3, 3), dtype=np.float32)
+    for (a, b), d in {(0, 0): dzz, (1, 1): dyy, (2, 2): dxx, (0, 1): dzy, (0, 2): dzx,
+                      (1, 2): dyx}.items():
+        h[:, a, b] = h[:, b, a] = d[where]
+    inner = np.zeros(mid.shape, dtype=np.float32)
+    if len(where[0]):
+        inner[where] = -np.linalg.eigvalsh(h)[:, 2]
+    out = np.zeros(img.shape, dtype=np.float32)
+    out[c] = inner
+    out[~mask] = -np.inf
+    return out
+
+
+def refine_centres(array: np.ndarray, cands: Candidates) -> Candidates:
+    """Sub-voxel centres: the contrast-weighted centroid of each candidate's 3x3x3 neighbourhood.
+
+    Peaks sit on the voxel grid; a 3 mm nodule is ~2 voxels across, so a whole-voxel centre can
+    lie outside its radius.  Weights are the voxels' brightness above the neighbourhood's
+    minimum (a blob's own voxels), so the centre moves towards the blob's middle.
+    """
+    if not len(cands):
+        return cands
+    c = np.round(cands.zyx).astype(int)
+    offs = np.stack(np.meshgrid(*(np.arange(-1, 2),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    pos = np.clip(c[:, None, :] + offs[None], 0, np.asarray(array.shape) - 1)  # (n, 27, 3)
+    vals = array[pos[..., 0], pos[..., 1], pos[..., 2]].astype(np.float64)
+    w = vals - vals.min(axis=1, keepdims=True)
+    tot = w.sum(axis=1, keepdims=True)
+    shift = np.where(tot > 0, (w[..., None] * offs[None]).sum(axis=1) / np.maximum(tot, 1e-12), 0.0)
+    return Candidates(c + shift, cands.diameter_mm, cands.response)

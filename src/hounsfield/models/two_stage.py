@@ -1,0 +1,92 @@
+"""The two-stage nodule detector's shared pieces: candidate patches and their classification.
+
+Stage 1 (:mod:`hounsfield.models.candidates`) proposes blobs; stage 2 cuts a fixed-size patch
+around each candidate from the preprocessed volume and the :class:`PatchClassifier` scores it.
+Training (:mod:`hounsfield.train.two_stage`), validation, evaluation and inference all use
+:func:`extract_patches` and :func:`classify`, so they see candidates exactly alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hounsfield.models.candidates import Candidates, CandidateSpec, find_candidates, refine_centres
+
+
+def extract_patch(array: np.ndarray, centre_zyx, patch: tuple[int, int, int]) -> np.ndarray:
+    """The ``patch``-sized block centred on ``centre_zyx`` (rounded), zero outside the volume."""
+    p = np.asarray(patch)
+    c = np.round(np.asarray(centre_zyx, dtype=np.float64)).astype(int)
+    lo = c - p // 2
+    hi = lo + p
+    out = np.zeros(tuple(p), dtype=np.float32)
+    slo = np.maximum(lo, 0)
+    shi = np.minimum(hi, array.shape)
+    if np.any(shi <= slo):
+        return out
+    dst = tuple(slice(a - b, c2 - b) for a, c2, b in zip(slo, shi, lo))
+    out[dst] = array[tuple(slice(a, b) for a, b in zip(slo, shi))]
+    return out
+
+
+def extract_patches(array: np.ndarray, centres_zyx: np.ndarray,
+                    patch: tuple[int, int, int]) -> np.ndarray:
+    """Patches for many centres: (n, 1, *patch) float32."""
+    out = np.zeros((len(centres_zyx), 1, *patch), dtype=np.float32)
+    for i, c in enumerate(centres_zyx):
+        out[i, 0] = extract_patch(array, c, patch)
+    return out
+
+
+def classify(net: torch.nn.Module, array: np.ndarray, centres_zyx: np.ndarray,
+             patch: tuple[int, int, int], *, batch_size: int = 64,
+             precision: str = "fp32") -> np.ndarray:
+    """Nodule probability of every candidate (batched patches through the classifier)."""
+    from hounsfield.deploy.inference import autocast
+
+    dev = next(net.parameters()).device
+    probs = np.zeros(len(centres_zyx), dtype=np.float64)
+    with torch.inference_mode(), autocast(precision, dev):  # type: ignore[arg-type]
+        for i in range(0, len(centres_zyx), batch_size):
+            x = torch.from_numpy(extract_patches(array, centres_zyx[i:i + batch_size], patch))
+            probs[i:i + batch_size] = torch.sigmoid(net(x.to(dev)).float()).cpu().numpy()
+    return probs
+
+
+def spec_key(spec: CandidateSpec) -> str:
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:12]
+
+
+def cached_candidates(array: np.ndarray, spacing_xyz, spec: CandidateSpec, *, hu_min: float,
+                      hu_max: float, cache_file: Path | None = None) -> Candidates:
+    """:func:`find_candidates` (cached in ``cache_file``, npz, when given), then
+    :func:`refine_centres`."""
+    if cache_file is not None and cache_file.is_file():
+        z = np.load(cache_file)
+        return refine_centres(array, Candidates(z["zyx"], z["diameter_mm"], z["response"]))
+    c = find_candidates(array, tuple(spacing_xyz), spec, hu_min=hu_min, hu_max=hu_max)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, zyx=c.zyx, diameter_mm=c.diameter_mm, response=c.response)
+        tmp.replace(cache_file)
+    return refine_centres(array, c)
+
+
+def merge_detections(centres_zyx: np.ndarray, diam_mm: np.ndarray, probs: np.ndarray,
+                     spacing_zyx: np.ndarray) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression: a candidate within the radius of a
+    more probable kept one is the same finding (candidates of several scales on one nodule)."""
+    order = np.argsort(-probs, kind="stable")
+    kept: list[int] = []
+    pts = centres_zyx * spacing_zyx
+    for i in order:
+        if any(np.linalg.norm(pts[i] - pts[j]) < max(diam_mm[j] / 2, 2.0) for j in kept):
+            continue
+        kept.append(int(i))
+    return np.asarray(kept, dtype=int)
