@@ -18,7 +18,29 @@ from hounsfield.train.data import PatchDataset, PreparedVolume
 from hounsfield.train.recipe import Recipe
 
 
-class NoduleDetectionModule(L.LightningModule):
+class FiniteGradients:
+    """Mixin for Lightning modules: a step whose gradients are not finite is dropped."""
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None) -> None:
+        """Clip as configured, but first drop a step whose gradients are not finite.
+
+        Clipping an infinite norm turns every gradient into NaN and the weights with it; a
+        zeroed step only lets the optimiser's momentum move (and is counted in the log).
+        """
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        finite = all(torch.isfinite(g).all() for g in grads)
+        if not finite:
+            for g in grads:
+                g.zero_()
+            self._skipped = getattr(self, "_skipped", 0) + 1
+            self.log("skipped_steps", float(self._skipped))
+            return
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                            gradient_clip_algorithm=gradient_clip_algorithm)
+
+
+class NoduleDetectionModule(FiniteGradients, L.LightningModule):
     def __init__(self, recipe: Recipe, train_volumes: list[PreparedVolume],
                  val_volumes: list[PreparedVolume], *, lr: float | None = None) -> None:
         super().__init__()
@@ -96,24 +118,6 @@ class NoduleDetectionModule(L.LightningModule):
         self.log("val_cpm", score, prog_bar=True)
         self.log("val_sens_1fp", s1)
         self.log("val_detections", float(len(dets)))
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
-                                    gradient_clip_algorithm=None) -> None:
-        """Clip as configured, but first drop a step whose gradients are not finite.
-
-        Clipping an infinite norm turns every gradient into NaN and the weights with it; a
-        zeroed step only lets the optimiser's momentum move (and is counted in the log).
-        """
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        finite = all(torch.isfinite(g).all() for g in grads)
-        if not finite:
-            for g in grads:
-                g.zero_()
-            self._skipped = getattr(self, "_skipped", 0) + 1
-            self.log("skipped_steps", float(self._skipped))
-            return
-        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
-                            gradient_clip_algorithm=gradient_clip_algorithm)
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr,

@@ -23,6 +23,7 @@ from hounsfield.models.detector import build_network
 from hounsfield.models.two_stage import (cached_candidates, classify, extract_patch,
                                          merge_detections, spec_key)
 from hounsfield.train.data import PreparedVolume
+from hounsfield.train.module import FiniteGradients
 from hounsfield.train.recipe import Recipe
 
 
@@ -111,7 +112,7 @@ def detect(net, pv: PreparedVolume, cands: Candidates, recipe: Recipe,
     return cands.zyx[keep], cands.diameter_mm[keep], probs[keep]
 
 
-class CandidateClassifierModule(L.LightningModule):
+class CandidateClassifierModule(FiniteGradients, L.LightningModule):
     """Stage-2 classifier: BCE on candidate patches; validation CPM of the whole detector."""
 
     def __init__(self, recipe: Recipe, train_volumes: list[PreparedVolume],
