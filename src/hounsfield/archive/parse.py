@@ -12,6 +12,7 @@ import hashlib
 import io
 import struct
 import warnings as pywarnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,8 +64,12 @@ class ParsedInstance:
         return self.study["study_instance_uid"]
 
 
-def parse_part10(data: bytes, *, name: str = "") -> ParsedInstance:
-    """Parse ``data`` (a Part 10 file, or a bare data set which is wrapped into one)."""
+def parse_part10(data: bytes, *, name: str = "",
+                 sha256: Callable[[], str] | None = None) -> ParsedInstance:
+    """Parse ``data`` (a Part 10 file, or a bare data set which is wrapped into one).
+
+    ``sha256``: returns the hex SHA-256 of ``data`` — lets a caller hash on another thread
+    (hashlib releases the GIL) while this parses; used only when ``data`` is kept as it is."""
     label = f"{name}: " if name else ""
     if not data:
         raise InvalidDicom(f"{label}empty file (0 bytes)")
@@ -170,7 +175,7 @@ def parse_part10(data: bytes, *, name: str = "") -> ParsedInstance:
         raise InvalidDicom(f"{label}cannot represent the header as DICOM JSON: {_short(exc)}") from exc
     return ParsedInstance(
         data=data,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sha256() if sha256 is not None and has_preamble else hashlib.sha256(data).hexdigest(),
         size=len(data),
         patient=patient,
         study=study,

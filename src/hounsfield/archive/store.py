@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -156,8 +156,7 @@ def _index(archive: Archive, batch: Sequence[ParsedInstance], sources: list[str]
     blobs = archive.blobs
     now = utcnow()
     written: list[str] = []
-    with archive.write_session() as s, s.begin():
-        conn = s.connection()
+    with archive.write_engine.begin() as conn:  # Core: no ORM session for the common case
         inside = decision is None
         if inside:
             decision = _decide(batch, _existing(conn, list({p.sop_instance_uid for p in batch})),
@@ -167,7 +166,8 @@ def _index(archive: Archive, batch: Sequence[ParsedInstance], sources: list[str]
         write_uids = [batch[i].sop_instance_uid for i, _k in to_write]
         current = {} if inside and policy == "keep-first" else {
             r.sop_instance_uid: r for r in conn.execute(_CURRENT, {"uids": write_uids})}
-        series_pks = _series_pks(s, [(batch[i], sources[i]) for i, _k in to_write], site, now)
+        series_pks = _series_pks(conn, [(batch[i], sources[i]) for i, _k in to_write], site,
+                                 now)
         inserts = []
         for i, key in to_write:
             p = batch[i]
@@ -215,14 +215,22 @@ def _put_once(blobs, key: str, data: bytes | None) -> None:  # noqa: ANN001
         blobs.put(key, data, deferred=True)
 
 
-def _series_pks(s: Session, items: list[tuple[ParsedInstance, str]], site: str,
+def _series_pks(conn: Connection, items: list[tuple[ParsedInstance, str]], site: str,
                 now: datetime) -> dict[str, int]:
-    """SeriesInstanceUID -> primary key, creating patient/study/series rows that are missing."""
+    """SeriesInstanceUID -> primary key, creating patient/study/series rows that are missing
+    (through an ORM session joined to ``conn``'s transaction, only then)."""
     wanted = {p.series_instance_uid: (p, src) for p, src in items}
-    out = dict(s.connection().execute(_SERIES, {"uids": list(wanted)}).all())
+    out = dict(conn.execute(_SERIES, {"uids": list(wanted)}).all())
     missing = [v for k, v in wanted.items() if k not in out]
     if not missing:
         return out
+    with Session(bind=conn, join_transaction_mode="rollback_only") as s:
+        _create_series(s, missing, site, now, out)
+    return out
+
+
+def _create_series(s: Session, missing: list, site: str, now: datetime,
+                   out: dict[str, int]) -> None:
     study_uids = {p.study_instance_uid for p, _src in missing}
     studies = dict(s.execute(select(Study.study_instance_uid, Study.id)
                              .where(Study.study_instance_uid.in_(list(study_uids)))).all())
@@ -247,7 +255,6 @@ def _series_pks(s: Session, items: list[tuple[ParsedInstance, str]], site: str,
         s.add(series)
         s.flush()
         out[p.series_instance_uid] = series.id
-    return out
 
 
 def _fit(model: type, values: dict) -> dict:

@@ -12,6 +12,7 @@ closes — rather than one transaction per instance.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import socketserver
@@ -19,6 +20,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pydicom import dcmread
@@ -54,6 +56,11 @@ from hounsfield.ingest.committer import GroupCommitter
 from hounsfield.ingest.security import admit, nodelay, server_tls
 
 log = logging.getLogger(__name__)
+_HASHER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sha256")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 _FIND = {str(PatientRootQueryRetrieveInformationModelFind): qr.PATIENT_ROOT,
          str(StudyRootQueryRetrieveInformationModelFind): qr.STUDY_ROOT}
@@ -274,7 +281,8 @@ class DicomNode:
         and ErrorComment (PS3.4 B.2.3).  Never raises."""
         study, patient = "", ""
         try:
-            parsed = parse_part10(data, name=f"C-STORE {sop}")
+            digest = _HASHER.submit(_sha256, data)  # on another core while this thread parses
+            parsed = parse_part10(data, name=f"C-STORE {sop}", sha256=digest.result)
             study, patient = parsed.study_instance_uid, parsed.patient["patient_id"]
             if parsed.sop_instance_uid != sop:
                 raise DatasetMismatch(f"SOPInstanceUID in data set ({parsed.sop_instance_uid}) "
