@@ -48,8 +48,20 @@ class ParsedInstance:
     study: dict[str, Any]
     series: dict[str, Any]
     instance: dict[str, Any]
-    metadata_json: dict[str, Any]
+    metadata_json: dict[str, Any] | None  # None until finish_json() when parsed with defer_json
     warnings: list[str] = field(default_factory=list)
+    header: Dataset | None = None  # kept only while the DICOM JSON is deferred
+
+    def finish_json(self) -> dict[str, Any]:
+        """The DICOM JSON of the header (computed now if it was deferred)."""
+        if self.metadata_json is None:
+            try:
+                self.metadata_json = dataset_to_json(self.header)
+            except Exception as exc:  # noqa: BLE001
+                raise InvalidDicom(f"cannot represent the header as DICOM JSON: "
+                                   f"{_short(exc)}") from exc
+            self.header = None
+        return self.metadata_json
 
     @property
     def sop_instance_uid(self) -> str:
@@ -64,12 +76,14 @@ class ParsedInstance:
         return self.study["study_instance_uid"]
 
 
-def parse_part10(data: bytes, *, name: str = "",
-                 sha256: Callable[[], str] | None = None) -> ParsedInstance:
+def parse_part10(data: bytes, *, name: str = "", sha256: Callable[[], str] | None = None,
+                 defer_json: bool = False) -> ParsedInstance:
     """Parse ``data`` (a Part 10 file, or a bare data set which is wrapped into one).
 
     ``sha256``: returns the hex SHA-256 of ``data`` — lets a caller hash on another thread
-    (hashlib releases the GIL) while this parses; used only when ``data`` is kept as it is."""
+    (hashlib releases the GIL) while this parses; used only when ``data`` is kept as it is.
+    ``defer_json``: leave the DICOM JSON to :meth:`ParsedInstance.finish_json` (a caller can
+    start writing the blob first)."""
     label = f"{name}: " if name else ""
     if not data:
         raise InvalidDicom(f"{label}empty file (0 bytes)")
@@ -169,10 +183,13 @@ def parse_part10(data: bytes, *, name: str = "",
         "station_name": _s(ds, "StationName"),
         "frame_of_reference_uid": _s(ds, "FrameOfReferenceUID"),
     }
-    try:
-        meta = dataset_to_json(ds)
-    except Exception as exc:  # noqa: BLE001
-        raise InvalidDicom(f"{label}cannot represent the header as DICOM JSON: {_short(exc)}") from exc
+    meta = None
+    if not defer_json:
+        try:
+            meta = dataset_to_json(ds)
+        except Exception as exc:  # noqa: BLE001
+            raise InvalidDicom(f"{label}cannot represent the header as DICOM JSON: "
+                               f"{_short(exc)}") from exc
     return ParsedInstance(
         data=data,
         sha256=sha256() if sha256 is not None and has_preamble else hashlib.sha256(data).hexdigest(),
@@ -183,6 +200,7 @@ def parse_part10(data: bytes, *, name: str = "",
         instance=instance,
         metadata_json=meta,
         warnings=notes,
+        header=ds if defer_json else None,
     )
 
 

@@ -180,7 +180,7 @@ def _index(archive: Archive, batch: Sequence[ParsedInstance], sources: list[str]
             values = _fit(Instance, dict(
                 p.instance, blob_key=key, size=p.size, sha256=p.sha256,
                 source=sources[i][:1024], site=site, received_at=now,
-                warnings="\n".join(p.warnings), metadata_json=p.metadata_json,
+                warnings="\n".join(p.warnings), metadata_json=p.finish_json(),
                 series_pk=series_pks[p.series_instance_uid]))
             if cur is not None:
                 if cur.blob_key != key:

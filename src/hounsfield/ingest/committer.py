@@ -303,6 +303,14 @@ class GroupCommitter:
                 self.journal.done(seq)
                 raise
             parsed.data = None  # the write path now only indexes it
+        try:
+            parsed.finish_json()  # while the blob's fsync runs (when the caller deferred it)
+        except Exception:
+            if flushing is not None:
+                flushing.result()
+            self._drop_unindexed([key])
+            self.journal.done(seq)
+            raise
         item = _Item(parsed, source, Future(), seq, key)
         with self._cv:
             self._pending.append(item)
@@ -342,15 +350,19 @@ class GroupCommitter:
         for b, o in zip(batch, outcomes, strict=True):
             b.future.set_result(o)
 
+    def _drop_unindexed(self, keys: list[str]) -> None:
+        """Delete the blobs under ``keys`` that no row points to (a blob shared with an
+        identical instance stored earlier stays)."""
+        with self.archive.session() as s:
+            known = set(s.scalars(select(Instance.blob_key).where(Instance.blob_key.in_(keys))))
+        for k in keys:
+            if k not in known:
+                self.archive.blobs.delete(k)
+
     def _reconcile(self, batch: list[_Item]) -> None:
         """After a failed commit: drop this batch's blobs that no row points to."""
         try:
-            keys = [b.key for b in batch]
-            with self.archive.session() as s:
-                known = set(s.scalars(select(Instance.blob_key).where(Instance.blob_key.in_(keys))))
-            for b in batch:
-                if b.key not in known:
-                    self.archive.blobs.delete(b.key)
+            self._drop_unindexed([b.key for b in batch])
         except Exception as exc:  # noqa: BLE001 - the journal keeps them for the next start
             log.warning("cannot clean up after a failed commit: %s", exc)
             return

@@ -282,7 +282,8 @@ class DicomNode:
         study, patient = "", ""
         try:
             digest = _HASHER.submit(_sha256, data)  # on another core while this thread parses
-            parsed = parse_part10(data, name=f"C-STORE {sop}", sha256=digest.result)
+            parsed = parse_part10(data, name=f"C-STORE {sop}", sha256=digest.result,
+                                  defer_json=True)
             study, patient = parsed.study_instance_uid, parsed.patient["patient_id"]
             if parsed.sop_instance_uid != sop:
                 raise DatasetMismatch(f"SOPInstanceUID in data set ({parsed.sop_instance_uid}) "
