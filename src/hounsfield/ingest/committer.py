@@ -24,12 +24,15 @@ at the cost of one fsync per acknowledgement instead of three.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +41,7 @@ from sqlalchemy import delete, select
 
 from hounsfield.archive.archive import Archive
 from hounsfield.archive.blobstore import FileBlobStore, blob_key
-from hounsfield.archive.db import checkpoint, make_engine, make_sessionmaker
+from hounsfield.archive.db import checkpoint, is_sqlite, make_engine, make_sessionmaker
 from hounsfield.archive.models import Instance
 from hounsfield.archive.parse import ParsedInstance, parse_part10
 from hounsfield.archive.store import StoreOutcome, store_instances
@@ -170,6 +173,10 @@ class GroupCommitter:
         # the write path's view of the archive: blobs handed over are on disk already, and the
         # index commit does not wait for the log flush (the journal covers it until a checkpoint)
         url = archive.settings.index_url
+        self._lock_path = (archive.settings.data_dir / "journal" / "index-writer.lock"
+                           if is_sqlite(url) and archive.settings.dicom.reuse_port else None)
+        if self._lock_path is not None:
+            self._lock_path.parent.mkdir(parents=True, exist_ok=True)
         self._relaxed = make_engine(url, immediate=True, relaxed=True)
         self._indexing = dataclasses.replace(archive, blobs=_DurableBlobs(archive.blobs),
                                              write_engine=self._relaxed,
@@ -335,8 +342,9 @@ class GroupCommitter:
 
     def _commit(self, batch: list[_Item]) -> None:
         try:
-            outcomes = store_instances(self._indexing, [b.parsed for b in batch],
-                                       source=[b.source for b in batch])
+            with self._writer_lock():
+                outcomes = store_instances(self._indexing, [b.parsed for b in batch],
+                                           source=[b.source for b in batch])
         except Exception as exc:  # noqa: BLE001 - every waiter must get an answer
             log.error("group commit of %d instances failed: %s", len(batch), exc)
             for b in batch:
@@ -349,6 +357,21 @@ class GroupCommitter:
         self.instances += len(batch)
         for b, o in zip(batch, outcomes, strict=True):
             b.future.set_result(o)
+
+    @contextlib.contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        """Node processes sharing one SQLite index (``dicom.reuse_port``) take turns on a file
+        lock, which hands over at once, instead of SQLite's busy handler, which sleeps up to
+        100 ms between retries."""
+        if self._lock_path is None:
+            yield
+            return
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _drop_unindexed(self, keys: list[str]) -> None:
         """Delete the blobs under ``keys`` that no row points to (a blob shared with an
