@@ -310,3 +310,38 @@ def test_paths_chosen_by_proposed_contexts(node_factory, tmp_path):  # noqa: F81
     mixed.release()
     assert int(status.Status) == 0 and _count(node) == 4
     assert node.lean_associations == 1  # the mixed association went through pynetdicom
+
+
+def test_lean_path_protocol_faults(node_factory, tmp_path):  # noqa: F811
+    """A C-STORE whose SOP class is not its context's gets 0x0122; a P-DATA on a context that
+    was never accepted aborts the association; the node keeps serving."""
+    node = node_factory()
+    f = make_ct_series(tmp_path / "ct", 1, size=64)[0]
+    raw = f.read_bytes()
+    body = raw[132 + 12 + int.from_bytes(raw[140:144], "little"):]
+
+    def store_rq(assoc, sop_class: str, context_id: int) -> None:  # noqa: ANN001
+        req = C_STORE()
+        req.MessageID = 7
+        req.AffectedSOPClassUID = sop_class
+        req.AffectedSOPInstanceUID = pydicom.dcmread(f).SOPInstanceUID
+        req.Priority = 2
+        req.DataSet = BytesIO(body)
+        msg = C_STORE_RQ()
+        msg.primitive_to_message(req)
+        for pdata in msg.encode_msg(context_id, 16382):
+            assoc.dul.send_pdu(pdata)
+
+    assoc = _scu(node)
+    store_rq(assoc, "1.2.840.10008.5.1.4.1.1.4", assoc.accepted_contexts[0].context_id)  # MR
+    _cx, rsp = assoc.dimse.get_msg(block=True)
+    assert int(rsp.Status) == 0x0122 and "context" in str(rsp.ErrorComment)
+    assoc.release()
+    assoc = _scu(node)
+    store_rq(assoc, str(CTImageStorage), 99)  # context 99 was never proposed
+    deadline = time.monotonic() + 10
+    while not assoc.is_aborted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert assoc.is_aborted
+    assert _count(node) == 0 and check(node.archive).clean and _echo_ok(node)
+    assert node.lean_associations >= 2

@@ -246,10 +246,12 @@ class StorageAssociation:
             self._respond(ctx, _response(C_ECHO_RSP, msg_id, sop_class, "", 0x0000, ""))
         elif field == C_STORE_RQ:
             sop_instance = _ui(cmd, 0x1000)
+            abstract, ts = acc.contexts[ctx]
             if data is None:
                 status, comment = 0xC000, "C-STORE-RQ without a data set"
+            elif sop_class != abstract:  # PS3.7 9.1.1.1.2: the context's abstract syntax
+                status, comment = 0x0122, "SOP class is not the presentation context's"
             else:
-                _abstract, ts = acc.contexts[ctx]
                 meta = file_meta(sop_class, sop_instance, ts, self.implementation_uid,
                                  self.implementation_version, acc.calling_ae)
                 part10 = b"".join([meta, *data])  # the one copy of the data set
