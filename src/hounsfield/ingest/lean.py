@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION = "1.2.840.10008.1.1"
-MAX_PDU_READ = 64 * 1024 * 1024  # a PDU larger than this is refused (memory guard)
+MAX_PDU_READ = 2**31 - 1  # when we announce no maximum (0): what one PDU length field can say
 _HDR = struct.Struct(">BBL")
 _PDV = struct.Struct(">LBB")
 _ELEM = struct.Struct("<HHL")
