@@ -84,7 +84,29 @@ def test_raw_text_values(raw, vr, value):  # noqa: ANN001
     from pydicom.dataelem import RawDataElement
     from pydicom.tag import Tag
 
-    from hounsfield.dicom.json_model import _raw_json
+    from hounsfield.dicom.json_model import raw_json
 
-    got = _raw_json(RawDataElement(Tag(0x0008, 0x0008), vr, len(raw), raw, 0, False, True))
+    got = raw_json(RawDataElement(Tag(0x0008, 0x0008), vr, len(raw), raw, 0, False, True))
     assert got == ({"vr": vr, "Value": value} if value else {"vr": vr})
+
+
+def test_index_attributes_from_raw_elements_equal_pydicom():
+    """parse_part10's attribute reader (raw bytes for simple VRs) against pydicom's values."""
+    from hounsfield.archive import parse
+
+    keywords = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
+                "Modality", "StudyDate", "StudyTime", "SeriesDate", "ContentTime", "Rows",
+                "Columns", "BitsAllocated", "NumberOfFrames", "PhotometricInterpretation",
+                "ImageType", "PatientSex", "FrameOfReferenceUID", "PixelSpacing",
+                "ImagePositionPatient", "PatientName", "InstanceNumber", "SliceThickness"]
+    compared = 0
+    for path in corpus_files():
+        fast_ds, ref_ds = _read(path), _read(path)
+        if fast_ds is None:
+            continue
+        for k in keywords:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                assert parse._s(fast_ds, k) == parse._s_decoded(ref_ds, k), (path.name, k)
+            compared += 1
+    assert compared > 1000

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
@@ -27,7 +29,7 @@ from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
 )
 
-from hounsfield.dicom.json_model import dataset_to_json
+from hounsfield.dicom.json_model import dataset_to_json, raw_json
 from hounsfield.dicom.uids import is_lenient_uid, validate_uid
 from hounsfield.errors import InvalidDicom
 
@@ -268,6 +270,25 @@ def _wrap_part10(ds: Dataset, raw: bytes) -> tuple[bytes, str]:
 
 
 def _s(ds: Dataset, keyword: str) -> str:
+    """The attribute as text ('' when absent or undecodable; values joined by backslashes)."""
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        tag = _TAGS[keyword] = tag_for_keyword(keyword)
+    raw = ds._dict.get(tag) if tag is not None else None  # noqa: SLF001
+    if isinstance(raw, RawDataElement):  # simple VRs: read from the bytes, as pydicom would
+        fast = raw_json(raw)
+        if fast is not None:
+            values = fast.get("Value") or []
+            if len(values) == 1:
+                return str(values[0]).strip()
+            return "\\".join(str(v) for v in values)
+    return _s_decoded(ds, keyword)
+
+
+_TAGS: dict[str, int | None] = {}
+
+
+def _s_decoded(ds: Dataset, keyword: str) -> str:
     try:
         value = ds.get(keyword)
     except Exception:  # noqa: BLE001 - undecodable values are treated as absent

@@ -26,7 +26,7 @@ _TEXT_VRS = frozenset({"CS", "AS", "DA", "TM", "DT"})
 _NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}
 
 
-def _raw_json(raw: RawDataElement) -> dict[str, Any] | None:
+def raw_json(raw: RawDataElement) -> dict[str, Any] | None:
     """The JSON of a still-encoded element of a simple VR; ``None``: use pydicom's way."""
     vr = raw.VR
     if vr is None:
@@ -75,7 +75,7 @@ def _walk(ds: Dataset, prefix: str) -> dict[str, Any]:
         tag = f"{key:08X}"
         raw = raw_elements[key]
         if isinstance(raw, RawDataElement):
-            fast = _raw_json(raw)
+            fast = raw_json(raw)
             if fast is not None:
                 out[tag] = fast
                 continue
