@@ -47,6 +47,16 @@ def run_hounsfield(files, work: Path, assocs: int) -> float:
         server.stop()
 
 
+def run_hounsfield_pynetdicom(files, work: Path, assocs: int) -> float:
+    """The same node with the lean storage path off: every association through pynetdicom."""
+    server = HounsfieldServer(work / "hf" / "var",
+                              env={"HOUNSFIELD_DICOM__LEAN_STORAGE": "false"}).start()
+    try:
+        return send(files, server.port, "HOUNSFIELD", assocs)
+    finally:
+        server.stop()
+
+
 def run_hounsfield_x2(files, work: Path, assocs: int) -> float:
     """Two `serve` processes sharing the port and the data dir (dicom.reuse_port)."""
     env = {"HOUNSFIELD_DICOM__REUSE_PORT": "true"}
@@ -81,7 +91,9 @@ def run_storescp(files, work: Path, assocs: int) -> float:
         p.wait(10)
 
 
-RECEIVERS = {"Hounsfield": run_hounsfield, "Hounsfield x2 processes": run_hounsfield_x2,
+RECEIVERS = {"Hounsfield": run_hounsfield,
+             "Hounsfield, pynetdicom path": run_hounsfield_pynetdicom,
+             "Hounsfield x2 processes": run_hounsfield_x2,
              "Orthanc": run_orthanc, "storescp (disk)": run_storescp}
 
 

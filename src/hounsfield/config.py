@@ -62,6 +62,9 @@ class DicomSettings(BaseModel):
     reuse_port: bool = Field(default=False, description=(
         "let several `serve` processes listen on one DICOM port (Linux SO_REUSEPORT spreads "
         "associations over them): uses more than one CPU core"))
+    lean_storage: bool = Field(default=True, description=(
+        "serve associations that only send (Storage/Verification, no TLS, no role selection) "
+        "on the single-thread lean path; false: everything through pynetdicom"))
     scu_retries: int = Field(default=3, ge=0, description="SCU retries per association/instance")
     scu_retry_delay_s: float = Field(default=1.0, ge=0)
 

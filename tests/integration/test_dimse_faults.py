@@ -16,7 +16,11 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.sop_class import CTImageStorage, Verification
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 from sqlalchemy import func, select
 
 from hounsfield.archive.check import check
@@ -87,8 +91,12 @@ def _with_meta(src: Path, dst: Path, *, meta_sop: str | None = None, body: bytes
     return dst
 
 
-def test_uid_mismatch_garbage_truncated(node_factory, tmp_path, monkeypatch):  # noqa: F811
-    node = node_factory()
+LEAN = pytest.mark.parametrize("lean", [True, False], ids=["lean-path", "pynetdicom-path"])
+
+
+@LEAN
+def test_uid_mismatch_garbage_truncated(node_factory, tmp_path, monkeypatch, lean):  # noqa: F811
+    node = node_factory(lean_storage=lean)
     good = make_ct_series(tmp_path / "ct", 1, size=64)[0]
     mismatch = _with_meta(good, tmp_path / "mismatch.dcm", meta_sop="1.2.826.0.1.99.1")
     assert _send_raw(node, mismatch, monkeypatch) == 0xA900
@@ -107,10 +115,12 @@ def test_uid_mismatch_garbage_truncated(node_factory, tmp_path, monkeypatch):  #
     assert check(node.archive).clean
     assert _send_raw(node, good, monkeypatch) == 0x0000
     assert _count(node) == 1 and _echo_ok(node)
+    assert (node.lean_associations > 0) == lean
 
 
-def test_peer_aborts_mid_dataset(node_factory, tmp_path):  # noqa: F811
-    node = node_factory()
+@LEAN
+def test_peer_aborts_mid_dataset(node_factory, tmp_path, lean):  # noqa: F811
+    node = node_factory(lean_storage=lean)
     f = make_ct_series(tmp_path / "ct", 1, size=256)[0]
     ds = pydicom.dcmread(f)
     assoc = _scu(node)
@@ -143,8 +153,9 @@ def test_peer_aborts_mid_dataset(node_factory, tmp_path):  # noqa: F811
     assert check(node.archive).clean and _echo_ok(node)
 
 
-def test_peer_never_releases(node_factory):  # noqa: F811
-    node = node_factory(network_timeout_s=1.0)
+@LEAN
+def test_peer_never_releases(node_factory, lean):  # noqa: F811
+    node = node_factory(network_timeout_s=1.0, lean_storage=lean)
     idle = _scu(node, contexts=(Verification,))
     t0 = time.monotonic()
     assert _echo_ok(node)  # others are served meanwhile
@@ -167,9 +178,12 @@ def test_twenty_associations_at_once(node_factory, tmp_path):  # noqa: F811
     assert node.committer.batches < node.committer.instances  # group commit did group
 
 
-def test_association_limit(node_factory):  # noqa: F811
+@pytest.mark.parametrize("held_contexts", [(Verification,), (StudyRootQueryRetrieveInformationModelFind,)],
+                         ids=["lean-held", "pynetdicom-held"])
+def test_association_limit(node_factory, held_contexts):  # noqa: F811
+    """The limit counts associations on both paths (lean storage and pynetdicom)."""
     node = node_factory(max_associations=2)
-    held = [_scu(node, contexts=(Verification,)) for _ in range(2)]
+    held = [_scu(node, contexts=held_contexts) for _ in range(2)]
     r = dcmtk("echoscu", "-v", *_aec(node))
     assert r.returncode != 0 and "Rejected" in r.stdout + r.stderr
     for a in held:
@@ -280,3 +294,54 @@ def test_concurrent_store_and_find_keep_serving(node_factory, tmp_path):  # noqa
     t.join()
     assert r.returncode == 0 and not errors
     assert _count(node) == 20
+
+
+def test_paths_chosen_by_proposed_contexts(node_factory, tmp_path):  # noqa: F811
+    """Senders (storage/verification only) take the lean path; an association that also
+    proposes query/retrieve, or asks for role selection (C-GET), goes through pynetdicom."""
+    node = node_factory()
+    files = make_ct_series(tmp_path / "ct", 3, size=64)
+    r = dcmtk("storescu", *_aec(node), *map(str, files))
+    assert r.returncode == 0, r.stderr
+    assert node.lean_associations == 1 and _count(node) == 3
+    mixed = _scu(node, contexts=(CTImageStorage, StudyRootQueryRetrieveInformationModelFind))
+    status = mixed.send_c_store(pydicom.dcmread(make_ct_series(tmp_path / "m", 1, size=64,
+                                                               patient_id="PM", seed=5)[0]))
+    mixed.release()
+    assert int(status.Status) == 0 and _count(node) == 4
+    assert node.lean_associations == 1  # the mixed association went through pynetdicom
+
+
+def test_lean_path_protocol_faults(node_factory, tmp_path):  # noqa: F811
+    """A C-STORE whose SOP class is not its context's gets 0x0122; a P-DATA on a context that
+    was never accepted aborts the association; the node keeps serving."""
+    node = node_factory()
+    f = make_ct_series(tmp_path / "ct", 1, size=64)[0]
+    raw = f.read_bytes()
+    body = raw[132 + 12 + int.from_bytes(raw[140:144], "little"):]
+
+    def store_rq(assoc, sop_class: str, context_id: int) -> None:  # noqa: ANN001
+        req = C_STORE()
+        req.MessageID = 7
+        req.AffectedSOPClassUID = sop_class
+        req.AffectedSOPInstanceUID = pydicom.dcmread(f).SOPInstanceUID
+        req.Priority = 2
+        req.DataSet = BytesIO(body)
+        msg = C_STORE_RQ()
+        msg.primitive_to_message(req)
+        for pdata in msg.encode_msg(context_id, 16382):
+            assoc.dul.send_pdu(pdata)
+
+    assoc = _scu(node)
+    store_rq(assoc, "1.2.840.10008.5.1.4.1.1.4", assoc.accepted_contexts[0].context_id)  # MR
+    _cx, rsp = assoc.dimse.get_msg(block=True)
+    assert int(rsp.Status) == 0x0122 and "context" in str(rsp.ErrorComment)
+    assoc.release()
+    assoc = _scu(node)
+    store_rq(assoc, str(CTImageStorage), 99)  # context 99 was never proposed
+    deadline = time.monotonic() + 10
+    while not assoc.is_aborted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert assoc.is_aborted
+    assert _count(node) == 0 and check(node.archive).clean and _echo_ok(node)
+    assert node.lean_associations >= 2

@@ -25,8 +25,9 @@ from hounsfield.errors import NotFound, OutOfResources
 
 class BlobStore(Protocol):
     def put(self, key: str, data: bytes, *, sync_dir: bool = True,
-            deferred: bool = False) -> None: ...
+            deferred: bool = False, direct: bool = False) -> None: ...
     def sync(self, keys: Iterable[str]) -> None: ...
+    def sync_all(self) -> None: ...
     def open(self, key: str) -> BinaryIO: ...
     def read(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
@@ -64,16 +65,28 @@ class FileBlobStore:
             raise NotFound(f"blob key outside the store: {key!r}")
         return p
 
-    def put(self, key: str, data: bytes, *, sync_dir: bool = True, deferred: bool = False) -> None:
+    def put(self, key: str, data: bytes, *, sync_dir: bool = True, deferred: bool = False,
+            direct: bool = False) -> None:
         """Write ``data`` under ``key`` atomically (temp file + rename).
 
         Default: the file and its folder are fsynced before returning.  ``sync_dir=False`` skips
         the folder fsync; ``deferred=True`` skips every fsync.  In both cases the caller must
-        :meth:`sync` the keys before acknowledging them — which lets a batch share one flush."""
+        :meth:`sync` the keys before acknowledging them — which lets a batch share one flush.
+
+        ``direct=True``: one fsync and no rename — the file is created under its final name
+        (``O_EXCL``) and fsynced.  On journalling filesystems (ext4, XFS) that fsync also commits
+        the new directory entry; POSIX does not promise it, so the caller keeps a journal of
+        such keys until a later :meth:`sync` (``syncfs``) and, after a crash, verifies them
+        (a partial file under its key is possible and has the wrong hash)."""
         target = self.path(key)
         folder = target.parent
         created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
+        if direct and self.fsync and self._put_direct(target, data):
+            if created:
+                _fsync_dir(folder.parent)
+                _fsync_dir(folder.parent.parent)
+            return
         tmp = folder / f".{target.name}.{secrets.token_hex(4)}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
@@ -95,6 +108,63 @@ class FileBlobStore:
             if created:  # the new folder's own entry must be durable too
                 _fsync_dir(folder.parent)
                 _fsync_dir(folder.parent.parent)
+
+    def _put_direct(self, target: Path, data: bytes) -> bool:
+        """Create ``target`` with ``data`` and fsync it; ``False`` when the name exists with
+        another size (a concurrent or interrupted writer): the atomic path then replaces it."""
+        flush = self.write_direct(target, data)
+        if flush is None:
+            return False
+        flush()
+        return True
+
+    def write_direct(self, target: Path, data: bytes):  # noqa: ANN201 - Callable | None
+        """Create ``target`` (``O_EXCL``) with ``data`` in the page cache — complete for every
+        reader once this returns — and return the function that fsyncs it (call it exactly
+        once).  ``None`` when the name exists with another size (see :meth:`_put_direct`)."""
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        except FileExistsError:
+            try:
+                if target.stat().st_size != len(data):
+                    return None
+                fd = os.open(target, os.O_RDONLY)  # same key and size: the same bytes
+            except OSError:
+                return None
+            return functools.partial(_fsync_close, fd, target)
+        except OSError as exc:
+            raise OutOfResources(f"cannot write blob {target.name}: {exc.strerror or exc}") from exc
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        except OSError as exc:
+            os.close(fd)
+            target.unlink(missing_ok=True)
+            raise OutOfResources(f"cannot write blob {target.name}: {exc.strerror or exc}") from exc
+        return functools.partial(_fsync_close, fd, target)
+
+    def prepare_direct(self, key: str, data: bytes):  # noqa: ANN201 - Callable
+        """:meth:`write_direct` for ``key`` (folder created); the returned function makes the
+        blob durable.  Falls back to the atomic, fully synced :meth:`put` when needed."""
+        target = self.path(key)
+        folder = target.parent
+        created = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        flush = self.write_direct(target, data) if self.fsync else None
+        if flush is None:
+            self.put(key, data)
+            return lambda: None
+        if created:
+            _fsync_dir(folder.parent)
+            _fsync_dir(folder.parent.parent)
+        return flush
+
+    def sync_all(self) -> None:
+        """Everything written so far durable, directory entries included (``syncfs``)."""
+        if self.fsync and not _syncfs(self.root):
+            os.sync()
 
     def sync(self, keys: Iterable[str]) -> None:
         """Make the blobs under ``keys`` durable — contents and directory entries.
@@ -190,6 +260,15 @@ def _libc():  # noqa: ANN202
         return libc
     except (OSError, AttributeError):
         return None
+
+
+def _fsync_close(fd: int, target: Path) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise OutOfResources(f"cannot flush blob {target.name}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(folder: Path) -> None:

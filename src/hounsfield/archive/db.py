@@ -18,8 +18,13 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def make_engine(url: str, *, immediate: bool = False) -> Engine:
-    """An engine for ``url``.  ``immediate`` makes every SQLite transaction a write transaction."""
+def make_engine(url: str, *, immediate: bool = False, relaxed: bool = False) -> Engine:
+    """An engine for ``url``.  ``immediate`` makes every SQLite transaction a write transaction.
+
+    ``relaxed``: commits do not wait for the log to reach the disk (SQLite
+    ``synchronous=NORMAL`` in WAL mode, PostgreSQL ``synchronous_commit=off``).  A process
+    crash loses nothing; a power loss may lose the last commits, so a caller using it keeps
+    what it committed recoverable (a journal) until a later checkpoint (:func:`checkpoint`)."""
     if is_sqlite(url):
         db = make_url(url).database
         if db and db != ":memory:":
@@ -33,7 +38,7 @@ def make_engine(url: str, *, immediate: bool = False) -> Engine:
         def _pragmas(dbapi_conn, _record):  # noqa: ANN001
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA synchronous=NORMAL" if relaxed else "PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=60000")
             # DICOM wildcard matching is case-sensitive except for PN (matched on lower());
@@ -47,7 +52,28 @@ def make_engine(url: str, *, immediate: bool = False) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    if relaxed:
+        @event.listens_for(engine, "begin")
+        def _async_commit(conn):  # noqa: ANN001
+            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+    return engine
+
+
+def checkpoint(engine: Engine) -> None:
+    """Make every commit so far durable: SQLite syncs its WAL before a checkpoint; on
+    PostgreSQL a synchronous commit that writes a commit record flushes the log up to it."""
+    if engine.dialect.name == "sqlite":
+        raw = engine.raw_connection()  # autocommit (isolation_level=None): no BEGIN around it
+        try:
+            raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            raw.close()
+        return
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SET LOCAL synchronous_commit TO ON")
+        conn.exec_driver_sql("SELECT pg_current_xact_id()")
+        conn.commit()
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -12,10 +12,13 @@ import hashlib
 import io
 import struct
 import warnings as pywarnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
@@ -26,7 +29,7 @@ from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
 )
 
-from hounsfield.dicom.json_model import dataset_to_json
+from hounsfield.dicom.json_model import dataset_to_json, raw_json
 from hounsfield.dicom.uids import is_lenient_uid, validate_uid
 from hounsfield.errors import InvalidDicom
 
@@ -47,8 +50,20 @@ class ParsedInstance:
     study: dict[str, Any]
     series: dict[str, Any]
     instance: dict[str, Any]
-    metadata_json: dict[str, Any]
+    metadata_json: dict[str, Any] | None  # None until finish_json() when parsed with defer_json
     warnings: list[str] = field(default_factory=list)
+    header: Dataset | None = None  # kept only while the DICOM JSON is deferred
+
+    def finish_json(self) -> dict[str, Any]:
+        """The DICOM JSON of the header (computed now if it was deferred)."""
+        if self.metadata_json is None:
+            try:
+                self.metadata_json = dataset_to_json(self.header)
+            except Exception as exc:  # noqa: BLE001
+                raise InvalidDicom(f"cannot represent the header as DICOM JSON: "
+                                   f"{_short(exc)}") from exc
+            self.header = None
+        return self.metadata_json
 
     @property
     def sop_instance_uid(self) -> str:
@@ -63,8 +78,14 @@ class ParsedInstance:
         return self.study["study_instance_uid"]
 
 
-def parse_part10(data: bytes, *, name: str = "") -> ParsedInstance:
-    """Parse ``data`` (a Part 10 file, or a bare data set which is wrapped into one)."""
+def parse_part10(data: bytes, *, name: str = "", sha256: Callable[[], str] | None = None,
+                 defer_json: bool = False) -> ParsedInstance:
+    """Parse ``data`` (a Part 10 file, or a bare data set which is wrapped into one).
+
+    ``sha256``: returns the hex SHA-256 of ``data`` — lets a caller hash on another thread
+    (hashlib releases the GIL) while this parses; used only when ``data`` is kept as it is.
+    ``defer_json``: leave the DICOM JSON to :meth:`ParsedInstance.finish_json` (a caller can
+    start writing the blob first)."""
     label = f"{name}: " if name else ""
     if not data:
         raise InvalidDicom(f"{label}empty file (0 bytes)")
@@ -164,13 +185,16 @@ def parse_part10(data: bytes, *, name: str = "") -> ParsedInstance:
         "station_name": _s(ds, "StationName"),
         "frame_of_reference_uid": _s(ds, "FrameOfReferenceUID"),
     }
-    try:
-        meta = dataset_to_json(ds)
-    except Exception as exc:  # noqa: BLE001
-        raise InvalidDicom(f"{label}cannot represent the header as DICOM JSON: {_short(exc)}") from exc
+    meta = None
+    if not defer_json:
+        try:
+            meta = dataset_to_json(ds)
+        except Exception as exc:  # noqa: BLE001
+            raise InvalidDicom(f"{label}cannot represent the header as DICOM JSON: "
+                               f"{_short(exc)}") from exc
     return ParsedInstance(
         data=data,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sha256() if sha256 is not None and has_preamble else hashlib.sha256(data).hexdigest(),
         size=len(data),
         patient=patient,
         study=study,
@@ -178,6 +202,7 @@ def parse_part10(data: bytes, *, name: str = "") -> ParsedInstance:
         instance=instance,
         metadata_json=meta,
         warnings=notes,
+        header=ds if defer_json else None,
     )
 
 
@@ -245,6 +270,25 @@ def _wrap_part10(ds: Dataset, raw: bytes) -> tuple[bytes, str]:
 
 
 def _s(ds: Dataset, keyword: str) -> str:
+    """The attribute as text ('' when absent or undecodable; values joined by backslashes)."""
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        tag = _TAGS[keyword] = tag_for_keyword(keyword)
+    raw = ds._dict.get(tag) if tag is not None else None  # noqa: SLF001
+    if isinstance(raw, RawDataElement):  # simple VRs: read from the bytes, as pydicom would
+        fast = raw_json(raw)
+        if fast is not None:
+            values = fast.get("Value") or []
+            if len(values) == 1:
+                return str(values[0]).strip()
+            return "\\".join(str(v) for v in values)
+    return _s_decoded(ds, keyword)
+
+
+_TAGS: dict[str, int | None] = {}
+
+
+def _s_decoded(ds: Dataset, keyword: str) -> str:
     try:
         value = ds.get(keyword)
     except Exception:  # noqa: BLE001 - undecodable values are treated as absent

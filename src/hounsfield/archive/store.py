@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -80,14 +80,43 @@ def store_instances(
 def _store(archive: Archive, batch: Sequence[ParsedInstance], sources: list[str], site: str,
            policy: DuplicatePolicy) -> list[StoreOutcome]:
     uids = list({p.sop_instance_uid for p in batch})
-    with archive.session() as s:
-        existing = {
-            r.sop_instance_uid: (r.sha256, r.blob_key)
-            for r in s.execute(
-                select(Instance.sop_instance_uid, Instance.sha256, Instance.blob_key)
-                .where(Instance.sop_instance_uid.in_(uids))
-            )
-        }
+    prewritten = all(p.data is None for p in batch)  # the caller wrote (and flushed) the blobs
+    if not prewritten:
+        with archive.session() as s:
+            decision = _decide(batch, _existing(s.connection(), uids), policy)
+        blobs = archive.blobs
+        futures = [_POOL.submit(_put_once, blobs, key, batch[i].data)
+                   for i, key in decision[1] if batch[i].data is not None]
+        for f in futures:
+            f.result()  # raises OutOfResources on a full disk: nothing acknowledged
+        blobs.sync(key for _i, key in decision[1])  # the batch made durable, before the commit
+    return _index(archive, batch, sources, site, policy, None if prewritten else decision)
+
+
+# statements built once (building a statement costs more CPU than running it on SQLite)
+_I, _SE, _ST = Instance.__table__, Series.__table__, Study.__table__
+_EXISTING = select(_I.c.sop_instance_uid, _I.c.sha256, _I.c.blob_key).where(
+    _I.c.sop_instance_uid.in_(bindparam("uids", expanding=True)))
+_CURRENT = select(_I.c.id, _I.c.sop_instance_uid, _I.c.sha256, _I.c.blob_key).where(
+    _I.c.sop_instance_uid.in_(bindparam("uids", expanding=True)))
+_SERIES = select(_SE.c.series_instance_uid, _SE.c.id).where(
+    _SE.c.series_instance_uid.in_(bindparam("uids", expanding=True)))
+_TOUCH_SERIES = update(_SE).where(_SE.c.id.in_(bindparam("pks", expanding=True))).values(
+    last_received_at=bindparam("now"))
+_TOUCH_STUDY = update(_ST).where(_ST.c.id.in_(
+    select(_SE.c.study_pk).where(_SE.c.id.in_(bindparam("pks", expanding=True))))).values(
+    last_received_at=bindparam("now"))
+_INSERT = insert(_I)
+
+
+def _existing(conn, uids: list[str]) -> dict[str, tuple[str, str]]:  # noqa: ANN001
+    return {r.sop_instance_uid: (r.sha256, r.blob_key)
+            for r in conn.execute(_EXISTING, {"uids": uids})}
+
+
+def _decide(batch: Sequence[ParsedInstance], existing: dict[str, tuple[str, str]],
+            policy: DuplicatePolicy) -> tuple[list, list[tuple[int, str]], dict[str, str]]:
+    """Per instance: duplicate / conflict / to write, given what is stored already."""
     outcomes: list[StoreOutcome | None] = [None] * len(batch)
     to_write: list[tuple[int, str]] = []
     replaced_old: dict[str, str] = {}
@@ -117,26 +146,28 @@ def _store(archive: Archive, batch: Sequence[ParsedInstance], sources: list[str]
     for i, p in enumerate(batch):
         if outcomes[i] is None and last_index.get(p.sop_instance_uid) != i:
             outcomes[i] = _outcome(p, "replaced", "superseded by a later copy in the same batch")
+    return outcomes, to_write, replaced_old
 
+
+def _index(archive: Archive, batch: Sequence[ParsedInstance], sources: list[str], site: str,
+           policy: DuplicatePolicy, decision: tuple | None) -> list[StoreOutcome]:
+    """Commit the rows (Core statements: the ORM's per-statement cost was most of a C-STORE's
+    CPU time).  ``decision`` None: decide inside the write transaction."""
     blobs = archive.blobs
-    futures = [_POOL.submit(_put_once, blobs, key, batch[i].data) for i, key in to_write]
-    for f in futures:
-        f.result()  # raises OutOfResources on a full disk: nothing acknowledged
-    blobs.sync(key for _i, key in to_write)  # the whole batch made durable, before the commit
-
     now = utcnow()
     written: list[str] = []
-    with archive.write_session() as s, s.begin():
+    with archive.write_engine.begin() as conn:  # Core: no ORM session for the common case
+        inside = decision is None
+        if inside:
+            decision = _decide(batch, _existing(conn, list({p.sop_instance_uid for p in batch})),
+                               policy)
+        outcomes, to_write, replaced_old = decision
         # re-check inside the write transaction: another writer may have committed meanwhile
         write_uids = [batch[i].sop_instance_uid for i, _k in to_write]
-        current = {
-            r.sop_instance_uid: r
-            for r in s.execute(
-                select(Instance.id, Instance.sop_instance_uid, Instance.sha256, Instance.blob_key)
-                .where(Instance.sop_instance_uid.in_(write_uids))
-            )
-        }
-        series_pks = _series_pks(s, [(batch[i], sources[i]) for i, _k in to_write], site, now)
+        current = {} if inside and policy == "keep-first" else {
+            r.sop_instance_uid: r for r in conn.execute(_CURRENT, {"uids": write_uids})}
+        series_pks = _series_pks(conn, [(batch[i], sources[i]) for i, _k in to_write], site,
+                                 now)
         inserts = []
         for i, key in to_write:
             p = batch[i]
@@ -149,24 +180,24 @@ def _store(archive: Archive, batch: Sequence[ParsedInstance], sources: list[str]
             values = _fit(Instance, dict(
                 p.instance, blob_key=key, size=p.size, sha256=p.sha256,
                 source=sources[i][:1024], site=site, received_at=now,
-                warnings="\n".join(p.warnings), metadata_json=p.metadata_json,
+                warnings="\n".join(p.warnings), metadata_json=p.finish_json(),
                 series_pk=series_pks[p.series_instance_uid]))
             if cur is not None:
                 if cur.blob_key != key:
                     replaced_old.setdefault(p.sop_instance_uid, cur.blob_key)
-                s.execute(update(Instance).where(Instance.id == cur.id).values(**values))
+                conn.execute(update(Instance.__table__).where(Instance.__table__.c.id == cur.id)
+                             .values(**values))
                 outcomes[i] = _outcome(p, "replaced", "replaced the object stored earlier")
             else:
                 inserts.append(values)
                 outcomes[i] = _outcome(p, "stored")
             written.append(key)
         if inserts:
-            s.execute(insert(Instance), inserts)
-        pks = set(series_pks.values())
+            conn.execute(_INSERT, inserts)
+        pks = list(set(series_pks.values()))
         if pks:
-            s.execute(update(Series).where(Series.id.in_(pks)).values(last_received_at=now))
-            s.execute(update(Study).where(Study.id.in_(select(Series.study_pk).where(
-                Series.id.in_(pks)))).values(last_received_at=now))
+            conn.execute(_TOUCH_SERIES, {"pks": pks, "now": now})
+            conn.execute(_TOUCH_STUDY, {"pks": pks, "now": now})
     for old in replaced_old.values():
         if old not in written:
             blobs.delete(old)
@@ -184,15 +215,22 @@ def _put_once(blobs, key: str, data: bytes | None) -> None:  # noqa: ANN001
         blobs.put(key, data, deferred=True)
 
 
-def _series_pks(s: Session, items: list[tuple[ParsedInstance, str]], site: str,
+def _series_pks(conn: Connection, items: list[tuple[ParsedInstance, str]], site: str,
                 now: datetime) -> dict[str, int]:
-    """SeriesInstanceUID -> primary key, creating patient/study/series rows that are missing."""
+    """SeriesInstanceUID -> primary key, creating patient/study/series rows that are missing
+    (through an ORM session joined to ``conn``'s transaction, only then)."""
     wanted = {p.series_instance_uid: (p, src) for p, src in items}
-    out = dict(s.execute(select(Series.series_instance_uid, Series.id)
-                         .where(Series.series_instance_uid.in_(list(wanted)))).all())
+    out = dict(conn.execute(_SERIES, {"uids": list(wanted)}).all())
     missing = [v for k, v in wanted.items() if k not in out]
     if not missing:
         return out
+    with Session(bind=conn, join_transaction_mode="rollback_only") as s:
+        _create_series(s, missing, site, now, out)
+    return out
+
+
+def _create_series(s: Session, missing: list, site: str, now: datetime,
+                   out: dict[str, int]) -> None:
     study_uids = {p.study_instance_uid for p, _src in missing}
     studies = dict(s.execute(select(Study.study_instance_uid, Study.id)
                              .where(Study.study_instance_uid.in_(list(study_uids)))).all())
@@ -217,7 +255,6 @@ def _series_pks(s: Session, items: list[tuple[ParsedInstance, str]], site: str,
         s.add(series)
         s.flush()
         out[p.series_instance_uid] = series.id
-    return out
 
 
 def _fit(model: type, values: dict) -> dict:

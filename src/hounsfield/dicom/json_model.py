@@ -7,21 +7,79 @@ absolute (``<base>/studies/<st>/series/<se>/instances/<sop>/bulkdata/...``) when
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 BULK_THRESHOLD = 1024
 
 
+# Value representations whose JSON can be read straight from the encoded bytes, exactly as
+# pydicom would convert them (pydicom.values: convert_string / convert_AE_string / convert_UI /
+# convert_numbers; default encoding, not the Specific Character Set) — without building a
+# DataElement per attribute, which is most of the cost of a header's JSON.
+_TEXT_VRS = frozenset({"CS", "AS", "DA", "TM", "DT"})
+_NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}
+
+
+def raw_json(raw: RawDataElement) -> dict[str, Any] | None:
+    """The JSON of a still-encoded element of a simple VR; ``None``: use pydicom's way."""
+    vr = raw.VR
+    if vr is None:
+        try:
+            vr = dictionary_VR(raw.tag)
+        except KeyError:
+            return None
+    value = raw.value
+    if value is None or raw.length == 0xFFFFFFFF or getattr(raw, "is_buffered", False):
+        return None
+    if vr in _TEXT_VRS or vr == "UI" or vr == "AE":
+        try:
+            text = value.decode("iso8859")
+        except (UnicodeDecodeError, AttributeError):
+            return None
+        if vr == "AE":
+            items = [v.strip() for v in text.split("\\")]
+            if len(items) == 1 and not items[0]:
+                return {"vr": vr}
+        else:
+            stripped = text.rstrip(" \x00")
+            if not stripped:
+                return {"vr": vr}
+            items = stripped.split("\\")
+        return {"vr": vr, "Value": items}
+    fmt = _NUMBER_FORMATS.get(vr)
+    if fmt is None:
+        return None
+    size = struct.calcsize("<" + fmt)
+    if len(value) % size:
+        return None
+    if not value:
+        return {"vr": vr}
+    count = len(value) // size
+    numbers = struct.unpack(("<" if raw.is_little_endian else ">") + fmt * count, value)
+    cast = float if fmt in "fd" else int
+    return {"vr": vr, "Value": [cast(n) for n in numbers]}
+
+
 def _walk(ds: Dataset, prefix: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for elem in ds:
-        tag = f"{elem.tag:08X}"
-        if elem.tag.group == 0x0002 or elem.tag.element == 0x0000:
+    raw_elements = ds._dict  # noqa: SLF001 - read-only look at elements not yet decoded
+    for key in sorted(raw_elements):
+        if key.group == 0x0002 or key.element == 0x0000:
             continue  # file meta and group lengths are not part of the JSON model
+        tag = f"{key:08X}"
+        raw = raw_elements[key]
+        if isinstance(raw, RawDataElement):
+            fast = raw_json(raw)
+            if fast is not None:
+                out[tag] = fast
+                continue
+        elem = ds[key]
         path = f"{prefix}{tag}"
         if elem.VR == "SQ":
             items = [_walk(item, f"{path}/{i}/") for i, item in enumerate(elem.value or [])]

@@ -12,12 +12,15 @@ closes — rather than one transaction per instance.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pydicom import dcmread
@@ -48,11 +51,16 @@ from hounsfield.dicom.transfer import (
     propose_for,
 )
 from hounsfield.errors import ConfigurationError, DatasetMismatch, HounsfieldError
-from hounsfield.ingest import qr
+from hounsfield.ingest import lean, qr, reactor
 from hounsfield.ingest.committer import GroupCommitter
 from hounsfield.ingest.security import admit, nodelay, server_tls
 
 log = logging.getLogger(__name__)
+_HASHER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sha256")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 _FIND = {str(PatientRootQueryRetrieveInformationModelFind): qr.PATIENT_ROOT,
          str(StudyRootQueryRetrieveInformationModelFind): qr.STUDY_ROOT}
@@ -120,6 +128,9 @@ class DicomNode:
         self._server = None
         self._logs: dict[int, _AssocLog] = {}
         self._lock = threading.Lock()
+        self._lean_sockets: set[socket.socket] = set()
+        self.lean_associations = 0  # connections served on the lean path (for tests, stats)
+        self._lean_syntaxes = {str(s) for s in STORAGE_SOP_CLASSES} | {str(Verification)}
         self.ae = self._make_ae()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -159,7 +170,9 @@ class DicomNode:
             self._server = self.ae.make_server(
                 (d.host, d.port), evt_handlers=handlers, ssl_context=server_tls(self.settings),
                 contexts=_SharedContexts(self.ae.supported_contexts),
-                server_class=_ReusePortServer if d.reuse_port else _Server)
+                server_class=_ReusePortServer if d.reuse_port else _Server,
+                request_handler=_Dispatch)
+            self._server.hf_node = self
         except OSError as exc:
             if self._own_committer:
                 self.committer.stop()
@@ -180,6 +193,13 @@ class DicomNode:
             self._server = None
         for a in list(self.ae.active_associations):
             a.abort()
+        with self._lock:
+            lean_socks = list(self._lean_sockets)
+        for sock in lean_socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self._flush_all()
         if self._own_committer:
             self.committer.stop()
@@ -245,34 +265,113 @@ class DicomNode:
     # -- C-STORE (PS3.4 B) ------------------------------------------------------------------
     def _on_store(self, event: evt.Event) -> Dataset:
         req = event.request
-        assoc = event.assoc
-        sop = str(req.AffectedSOPInstanceUID or "")
-        study, patient = "", ""
         try:
             data = event.encoded_dataset(include_meta=True)
-            parsed = parse_part10(data, name=f"C-STORE {sop}")
+        except Exception as exc:  # noqa: BLE001 - an undecodable request is a status too
+            code, comment = st.store_status(exc)
+            return _status(code, comment)
+        code, comment = self._store_part10(data, str(req.AffectedSOPClassUID or ""),
+                                           str(req.AffectedSOPInstanceUID or ""),
+                                           self._peer(event.assoc), self._log(event.assoc))
+        return _status(code, comment)
+
+    def _store_part10(self, data: bytes, sop_class: str, sop: str, peer: str,
+                      lg: _AssocLog) -> tuple[int, str]:
+        """Check and durably store one C-STORE data set (Part 10 bytes); the response status
+        and ErrorComment (PS3.4 B.2.3).  Never raises."""
+        study, patient = "", ""
+        try:
+            digest = _HASHER.submit(_sha256, data)  # on another core while this thread parses
+            parsed = parse_part10(data, name=f"C-STORE {sop}", sha256=digest.result,
+                                  defer_json=True)
             study, patient = parsed.study_instance_uid, parsed.patient["patient_id"]
             if parsed.sop_instance_uid != sop:
                 raise DatasetMismatch(f"SOPInstanceUID in data set ({parsed.sop_instance_uid}) "
                                       f"differs from the request's ({sop})")
-            if parsed.instance["sop_class_uid"] != str(req.AffectedSOPClassUID):
+            if parsed.instance["sop_class_uid"] != sop_class:
                 raise DatasetMismatch(f"SOPClassUID in data set "
                                       f"({parsed.instance['sop_class_uid']}) differs from the "
-                                      f"request's ({req.AffectedSOPClassUID})")
-            outcome = self.committer.store(parsed, self._peer(assoc))
+                                      f"request's ({sop_class})")
+            outcome = self.committer.store(parsed, peer)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crash
             code, comment = st.store_status(exc)
             reason = exc.reason if isinstance(exc, HounsfieldError) else repr(exc)
-            log.warning("C-STORE %s from %s refused (0x%04X): %s", sop, self._peer(assoc),
-                        code, reason)
-            self._log(assoc).add(audit.Action.C_STORE, study, patient, False, reason)
-            return _status(code, comment)
-        self._log(assoc).add(audit.Action.C_STORE, study, patient, outcome.status != "conflict",
-                             outcome.reason)
+            log.warning("C-STORE %s from %s refused (0x%04X): %s", sop, peer, code, reason)
+            lg.add(audit.Action.C_STORE, study, patient, False, reason)
+            return code, comment
+        lg.add(audit.Action.C_STORE, study, patient, outcome.status != "conflict",
+               outcome.reason)
         if outcome.status == "conflict":
-            log.warning("C-STORE %s from %s: %s", sop, self._peer(assoc), outcome.reason)
-            return _status(st.DUPLICATE_SOP_INSTANCE, outcome.reason)
-        return _status(st.SUCCESS)
+            log.warning("C-STORE %s from %s: %s", sop, peer, outcome.reason)
+            return st.DUPLICATE_SOP_INSTANCE, st.error_comment(outcome.reason)
+        return st.SUCCESS, ""
+
+    # -- the lean path for associations that only send (see hounsfield.ingest.lean) ---------
+    def try_lean(self, sock: socket.socket, address: tuple) -> bool:
+        """Serve this connection on the lean storage path if its A-ASSOCIATE-RQ allows it;
+        ``False`` (nothing consumed) hands it to pynetdicom."""
+        d = self.settings.dicom
+        if not d.lean_storage or isinstance(sock, ssl.SSLSocket):
+            return False
+        nodelay(sock)
+        timeout = sock.gettimeout()
+        rq = lean.peek_request(sock, d.acse_timeout_s)
+        if (rq is None or rq.has_role_selection
+                or not rq.abstract_syntaxes <= self._lean_syntaxes):
+            sock.settimeout(timeout)
+            return False
+        with self._lock:
+            self._lean_sockets.add(sock)
+            self.lean_associations += 1
+        try:
+            self._serve_lean(sock, rq, address[0])
+        except Exception as exc:  # noqa: BLE001 - one broken association never stops the node
+            log.error("storage association from %s failed: %r", address[0], exc)
+        finally:
+            with self._lock:
+                self._lean_sockets.discard(sock)
+            try:
+                sock.close()
+            except OSError:
+                pass
+        return True
+
+    def _serve_lean(self, sock: socket.socket, rq: lean.Request, host: str) -> None:
+        d = self.settings.dicom
+        prim = rq.primitive
+        calling = str(prim.calling_ae_title).strip()
+        lg = _AssocLog(calling, f"{calling}@{host}")
+        sa = lean.StorageAssociation(
+            sock, ae_title=d.ae_title, implementation_uid=str(self.ae.implementation_class_uid),
+            implementation_version=self.ae.implementation_version_name or "",
+            max_pdu=d.max_pdu, network_timeout=d.network_timeout_s,
+            store=lambda data, sop_class, sop, _ts, _ae: self._store_part10(
+                data, sop_class, sop, lg.source, lg))
+        ok, why = admit(self.settings, calling, str(prim.called_ae_title), host)
+        if not ok:
+            log.warning("association from %s@%s rejected: %s", calling, host, why)
+            audit.record(self.archive, audit.Entry(
+                action=audit.Action.LOGIN, actor=calling or "?", role="DICOM peer", source=host,
+                outcome=audit.Outcome.SERIOUS_FAILURE, detail=f"association rejected: {why}"))
+            sa.reject(rq, 0x01, 0x01, 0x07 if "called AE" in why else 0x03)
+            return
+        with self._lock:
+            active = len(self._lean_sockets)
+        active += sum(1 for a in self.ae.active_associations if a.is_acceptor)
+        if active > d.max_associations:
+            log.warning("association from %s@%s rejected: %d associations already active",
+                        calling, host, active - 1)
+            sa.reject(rq, 0x02, 0x03, 0x02)  # transient, local limit exceeded (PS3.8 9.3.4)
+            return
+        acc = sa.accept(rq, self.ae.supported_contexts)
+        if acc is None:
+            return
+        try:
+            how = sa.serve(acc)
+            log.info("storage association from %s %s after %d instances", lg.source, how,
+                     sa.stored)
+        finally:
+            self._flush(lg)
 
     # -- C-FIND (PS3.4 C.4.1) ---------------------------------------------------------------
     def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
@@ -389,6 +488,17 @@ class DicomNode:
                 return
             lg.add(action, study, patient, True, "", dest)
             yield st.PENDING, ds
+
+
+class _Dispatch(reactor.RequestHandler):
+    """Per connection: the lean storage path when the association only sends, otherwise
+    pynetdicom with event-driven reactors."""
+
+    def handle(self) -> None:
+        node = getattr(self.server, "hf_node", None)
+        if node is not None and node.try_lean(self.request, self.client_address):
+            return
+        super().handle()
 
 
 class _Server(ThreadedAssociationServer):
