@@ -78,7 +78,14 @@ def test_volume_geometry_round_trip() -> None:
 
 def test_recipes_validate(tmp_path) -> None:
     r = load_recipe("lung-nodule-detection")
-    assert r.precision == "auto" and r.targets.min_cpm == 0.9
+    assert r.detector == "two-stage" and r.network.name == "patch_cnn"
+    assert r.precision == "fp32" and r.targets.min_cpm == 0.9
+    h = load_recipe("lung-nodule-detection", preset="heatmap")
+    assert h.detector == "heatmap" and h.network.name == "basic_unet" and h.precision == "auto"
+    bad_spec = tmp_path / "bad_spec.yaml"
+    bad_spec.write_text("name: x\ncandidates:\n  diameters_mm: [3, 6]\n  per_scale: [10]\n")
+    with pytest.raises(InvalidInput, match="per_scale"):
+        load_recipe(bad_spec)
     assert load_recipe("lung-nodule-detection", preset="gpu").precision == "amp"
     with pytest.raises(InvalidInput, match="no preset"):
         load_recipe("lung-nodule-detection", preset="nope")
