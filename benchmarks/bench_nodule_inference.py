@@ -128,7 +128,8 @@ def two_stage(ct, precs, bundle) -> None:
                                 batch_size=r.inference.batch_size)
     print(f"two-stage detector: network {runner.net.__class__.__name__} "
           f"({sum(p.numel() for p in runner.net.parameters()) / 1e6:.2f} M params), "
-          f"patch {runner.patch}, up to {runner.candidates.max_candidates} candidates")
+          f"patch {runner.patch}, up to "
+          f"{sum(runner.candidates.per_scale or ()) or runner.candidates.max_candidates} candidates")
     print(f"{'precision':>9} {'prep s':>7} {'cand. s':>7} {'classif. s':>10} {'#cand':>6} {'total s':>8}")
     for prec in precs:
         t0 = time.perf_counter()
