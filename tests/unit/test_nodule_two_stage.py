@@ -87,7 +87,7 @@ def test_labels_and_nms() -> None:
     # 1.4 mm from the centre: a hit; 5.6 mm: between r and 1.5 r, left out; 21 mm: negative
     assert label_candidates(pv, C()).tolist() == [1, -1, 0]
     keep = merge_detections(C.zyx, C.diameter_mm, np.array([0.9, 0.95, 0.2]), np.array(SP[::-1]))
-    # the 0.95 one wins; the 0.9 one lies within its 2 mm radius? no (4.2 mm) -> kept too
+    # the 0.95 one (4 mm: 2 mm radius) comes first; the 0.9 one is 4.2 mm from it: kept too
     assert keep.tolist() == [1, 0, 2]
     keep = merge_detections(C.zyx, C.diameter_mm, np.array([0.99, 0.5, 0.2]), np.array(SP[::-1]))
     assert keep.tolist() == [0, 2]  # within the 5 mm radius of the most probable one
@@ -107,7 +107,7 @@ def test_patch_dataset_is_deterministic_and_balanced() -> None:
     assert 0.3 < share < 0.7
     torch.testing.assert_close(ds[5]["image"], items[5]["image"])
     ds.set_epoch(1)
-    assert not torch.equal(ds[5]["image"], items[5]["image"]) or ds[6]["label"] != items[6]["label"]
+    assert any(not torch.equal(ds[i]["image"], items[i]["image"]) for i in range(8))
 
 
 def test_patch_classifier_scores_a_batch() -> None:
