@@ -333,9 +333,14 @@ def test_lean_path_protocol_faults(node_factory, tmp_path):  # noqa: F811
             assoc.dul.send_pdu(pdata)
 
     assoc = _scu(node)
+    # pause the requestor's reactor as pynetdicom's own send_*() do, so the response is ours
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.001)
     store_rq(assoc, "1.2.840.10008.5.1.4.1.1.4", assoc.accepted_contexts[0].context_id)  # MR
     _cx, rsp = assoc.dimse.get_msg(block=True)
-    assert int(rsp.Status) == 0x0122 and "context" in str(rsp.ErrorComment)
+    assoc._reactor_checkpoint.set()
+    assert rsp is not None and int(rsp.Status) == 0x0122 and "context" in str(rsp.ErrorComment)
     assoc.release()
     assoc = _scu(node)
     store_rq(assoc, str(CTImageStorage), 99)  # context 99 was never proposed
