@@ -25,7 +25,7 @@ from hounsfield.errors import NotFound, OutOfResources
 
 class BlobStore(Protocol):
     def put(self, key: str, data: bytes, *, sync_dir: bool = True,
-            deferred: bool = False, direct: bool = False) -> None: ...
+            deferred: bool = False) -> None: ...
     def sync(self, keys: Iterable[str]) -> None: ...
     def sync_all(self) -> None: ...
     def open(self, key: str) -> BinaryIO: ...
@@ -65,28 +65,17 @@ class FileBlobStore:
             raise NotFound(f"blob key outside the store: {key!r}")
         return p
 
-    def put(self, key: str, data: bytes, *, sync_dir: bool = True, deferred: bool = False,
-            direct: bool = False) -> None:
+    def put(self, key: str, data: bytes, *, sync_dir: bool = True, deferred: bool = False) -> None:
         """Write ``data`` under ``key`` atomically (temp file + rename).
 
         Default: the file and its folder are fsynced before returning.  ``sync_dir=False`` skips
         the folder fsync; ``deferred=True`` skips every fsync.  In both cases the caller must
         :meth:`sync` the keys before acknowledging them — which lets a batch share one flush.
-
-        ``direct=True``: one fsync and no rename — the file is created under its final name
-        (``O_EXCL``) and fsynced.  On journalling filesystems (ext4, XFS) that fsync also commits
-        the new directory entry; POSIX does not promise it, so the caller keeps a journal of
-        such keys until a later :meth:`sync` (``syncfs``) and, after a crash, verifies them
-        (a partial file under its key is possible and has the wrong hash)."""
+        (:meth:`prepare_direct` is the one-fsync way without a temporary file.)"""
         target = self.path(key)
         folder = target.parent
         created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
-        if direct and self.fsync and self._put_direct(target, data):
-            if created:
-                _fsync_dir(folder.parent)
-                _fsync_dir(folder.parent.parent)
-            return
         tmp = folder / f".{target.name}.{secrets.token_hex(4)}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
@@ -109,19 +98,11 @@ class FileBlobStore:
                 _fsync_dir(folder.parent)
                 _fsync_dir(folder.parent.parent)
 
-    def _put_direct(self, target: Path, data: bytes) -> bool:
-        """Create ``target`` with ``data`` and fsync it; ``False`` when the name exists with
-        another size (a concurrent or interrupted writer): the atomic path then replaces it."""
-        flush = self.write_direct(target, data)
-        if flush is None:
-            return False
-        flush()
-        return True
-
-    def write_direct(self, target: Path, data: bytes):  # noqa: ANN201 - Callable | None
+    def _write_direct(self, target: Path, data: bytes):  # noqa: ANN201 - Callable | None
         """Create ``target`` (``O_EXCL``) with ``data`` in the page cache — complete for every
         reader once this returns — and return the function that fsyncs it (call it exactly
-        once).  ``None`` when the name exists with another size (see :meth:`_put_direct`)."""
+        once).  ``None`` when the name exists with another size (a concurrent or interrupted
+        writer: the caller then uses the atomic :meth:`put`, which replaces it)."""
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         except FileExistsError:
@@ -146,13 +127,16 @@ class FileBlobStore:
         return functools.partial(_fsync_close, fd, target)
 
     def prepare_direct(self, key: str, data: bytes):  # noqa: ANN201 - Callable
-        """:meth:`write_direct` for ``key`` (folder created); the returned function makes the
-        blob durable.  Falls back to the atomic, fully synced :meth:`put` when needed."""
+        """:meth:`_write_direct` for ``key`` (folder created); the returned function makes the
+        blob durable with one fsync.  On journalling filesystems (ext4, XFS) that fsync also
+        commits the new directory entry; POSIX does not promise it, so the caller journals the
+        key until a later :meth:`sync_all` and, after a crash, verifies it (a partial file under
+        its key has the wrong hash).  Falls back to the atomic, fully synced :meth:`put`."""
         target = self.path(key)
         folder = target.parent
         created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
-        flush = self.write_direct(target, data) if self.fsync else None
+        flush = self._write_direct(target, data) if self.fsync else None
         if flush is None:
             self.put(key, data)
             return lambda: None

@@ -271,9 +271,7 @@ def _wrap_part10(ds: Dataset, raw: bytes) -> tuple[bytes, str]:
 
 def _s(ds: Dataset, keyword: str) -> str:
     """The attribute as text ('' when absent or undecodable; values joined by backslashes)."""
-    tag = _TAGS.get(keyword)
-    if tag is None:
-        tag = _TAGS[keyword] = tag_for_keyword(keyword)
+    tag = tag_for_keyword(keyword)
     raw = ds._dict.get(tag) if tag is not None else None  # noqa: SLF001
     if isinstance(raw, RawDataElement):  # simple VRs: read from the bytes, as pydicom would
         fast = raw_json(raw)
@@ -283,9 +281,6 @@ def _s(ds: Dataset, keyword: str) -> str:
                 return str(values[0]).strip()
             return "\\".join(str(v) for v in values)
     return _s_decoded(ds, keyword)
-
-
-_TAGS: dict[str, int | None] = {}
 
 
 def _s_decoded(ds: Dataset, keyword: str) -> str:

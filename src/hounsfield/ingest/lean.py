@@ -59,7 +59,6 @@ class Abort(Exception):
 class Request:
     """What :func:`peek_request` read: the decoded A-ASSOCIATE-RQ and its raw length."""
 
-    pdu: A_ASSOCIATE_RQ
     primitive: A_ASSOCIATE
     size: int
 
@@ -89,7 +88,7 @@ def peek_request(sock: socket.socket, timeout: float) -> Request | None:
             return None
         pdu = A_ASSOCIATE_RQ()
         pdu.decode(raw)
-        return Request(pdu, pdu.to_primitive(), 6 + length)
+        return Request(pdu.to_primitive(), 6 + length)
     except (OSError, ValueError, struct.error, IndexError, KeyError, TypeError) as exc:
         log.debug("A-ASSOCIATE-RQ not readable for the lean path: %s", exc)
         return None
@@ -108,24 +107,21 @@ def _peek(sock: socket.socket, n: int) -> bytes | None:
 @dataclass
 class Accepted:
     calling_ae: str
-    called_ae: str
     contexts: dict[int, tuple[str, str]]  # id -> (abstract syntax, transfer syntax)
-    peer_max_pdu: int
 
 
 class StorageAssociation:
     """One accepted storage-only association, served on the calling thread.
 
-    ``store(data, sop_class, sop_instance, transfer_syntax)`` must return ``(status, comment)``
-    for the C-STORE-RSP; it receives the Part 10 bytes (preamble, file meta, the data set as
-    received).
+    ``store(data, sop_class, sop_instance)`` must return ``(status, comment)`` for the
+    C-STORE-RSP; it receives the Part 10 bytes (preamble, file meta with the calling AE as
+    source, the data set as received).
     """
 
-    def __init__(self, sock: socket.socket, *, ae_title: str, implementation_uid: str,
+    def __init__(self, sock: socket.socket, *, implementation_uid: str,
                  implementation_version: str, max_pdu: int, network_timeout: float | None,
-                 store: Callable[[bytes, str, str, str, str], tuple[int, str]]) -> None:
+                 store: Callable[[bytes, str, str], tuple[int, str]]) -> None:
         self.sock = sock
-        self.ae_title = ae_title
         self.implementation_uid = implementation_uid
         self.implementation_version = implementation_version
         self.max_pdu = max_pdu
@@ -137,11 +133,7 @@ class StorageAssociation:
     def reject(self, rq: Request, result: int, source: int, diagnostic: int) -> None:
         """Consume the A-ASSOCIATE-RQ and answer A-ASSOCIATE-RJ."""
         self._recv_exact(rq.size)
-        prim = A_ASSOCIATE()
-        prim.result, prim.result_source, prim.diagnostic = result, source, diagnostic
-        pdu = A_ASSOCIATE_RJ()
-        pdu.from_primitive(prim)
-        self.sock.sendall(pdu.encode())
+        self._send_reject(result, source, diagnostic)
 
     def accept(self, rq: Request, supported: list) -> Accepted | None:
         """Consume the A-ASSOCIATE-RQ, negotiate the presentation contexts against
@@ -150,7 +142,7 @@ class StorageAssociation:
         self._recv_exact(rq.size)
         prim = rq.primitive
         if str(prim.application_context_name) != APPLICATION_CONTEXT:
-            self.reject_consumed(0x01, 0x01, 0x02)
+            self._send_reject(0x01, 0x01, 0x02)
             return None
         results, _roles = negotiate_as_acceptor(prim.presentation_context_definition_list,
                                                 supported, None)
@@ -170,14 +162,11 @@ class StorageAssociation:
         pdu = A_ASSOCIATE_AC()
         pdu.from_primitive(ac)
         self.sock.sendall(pdu.encode())
-        peer_max = next((i.maximum_length_received for i in prim.user_information
-                         if isinstance(i, MaximumLengthNotification)), 0) or 0
         contexts = {c.context_id: (str(c.abstract_syntax), str(c.transfer_syntax[0]))
                     for c in results if c.result == 0x00}
-        return Accepted(str(prim.calling_ae_title).strip(), str(prim.called_ae_title).strip(),
-                        contexts, peer_max)
+        return Accepted(str(prim.calling_ae_title).strip(), contexts)
 
-    def reject_consumed(self, result: int, source: int, diagnostic: int) -> None:
+    def _send_reject(self, result: int, source: int, diagnostic: int) -> None:
         prim = A_ASSOCIATE()
         prim.result, prim.result_source, prim.diagnostic = result, source, diagnostic
         pdu = A_ASSOCIATE_RJ()
@@ -255,8 +244,7 @@ class StorageAssociation:
                 meta = file_meta(sop_class, sop_instance, ts, self.implementation_uid,
                                  self.implementation_version, acc.calling_ae)
                 part10 = b"".join([meta, *data])  # the one copy of the data set
-                status, comment = self.store(part10, sop_class, sop_instance, ts,
-                                             acc.calling_ae)
+                status, comment = self.store(part10, sop_class, sop_instance)
                 if status in (0x0000, 0xB000, 0xB006, 0xB007):
                     self.stored += 1
             self._respond(ctx, _response(C_STORE_RSP, msg_id, sop_class, sop_instance, status,

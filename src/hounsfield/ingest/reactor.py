@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import select
 import threading
 import time
@@ -101,8 +102,6 @@ class EventDrivenDUL(DULServiceProvider):
 
     def run_reactor(self) -> None:
         """pynetdicom 3.0's DUL loop with ``time.sleep`` replaced by :meth:`_wait`."""
-        import queue
-
         self._open_wake()
         self._idle_timer.start()
         sleep = False

@@ -342,11 +342,11 @@ class DicomNode:
         calling = str(prim.calling_ae_title).strip()
         lg = _AssocLog(calling, f"{calling}@{host}")
         sa = lean.StorageAssociation(
-            sock, ae_title=d.ae_title, implementation_uid=str(self.ae.implementation_class_uid),
+            sock, implementation_uid=str(self.ae.implementation_class_uid),
             implementation_version=self.ae.implementation_version_name or "",
             max_pdu=d.max_pdu, network_timeout=d.network_timeout_s,
-            store=lambda data, sop_class, sop, _ts, _ae: self._store_part10(
-                data, sop_class, sop, lg.source, lg))
+            store=lambda data, sop_class, sop: self._store_part10(data, sop_class, sop,
+                                                                  lg.source, lg))
         ok, why = admit(self.settings, calling, str(prim.called_ae_title), host)
         if not ok:
             log.warning("association from %s@%s rejected: %s", calling, host, why)
