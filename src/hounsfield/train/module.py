@@ -40,6 +40,22 @@ class FiniteGradients:
                             gradient_clip_algorithm=gradient_clip_algorithm)
 
 
+def epoch_loader(module: L.LightningModule, ds) -> DataLoader:  # noqa: ANN001
+    """The training loader of ``ds`` (a seeded dataset with ``set_epoch``) for this epoch.
+
+    Under DDP every rank takes every world-th sample, in order, so the ranks together see the
+    same global batch as one process does."""
+    r = module.recipe
+    ds.set_epoch(module.current_epoch)
+    world = module.trainer.world_size if module.trainer else 1
+    if world > 1:
+        sampler = DistributedSampler(ds, num_replicas=world, rank=module.trainer.global_rank,
+                                     shuffle=False)
+        return DataLoader(ds, batch_size=r.batch_size // world, sampler=sampler,
+                          num_workers=r.num_workers)
+    return DataLoader(ds, batch_size=r.batch_size, shuffle=False, num_workers=r.num_workers)
+
+
 class NoduleDetectionModule(FiniteGradients, L.LightningModule):
     def __init__(self, recipe: Recipe, train_volumes: list[PreparedVolume],
                  val_volumes: list[PreparedVolume], *, lr: float | None = None) -> None:
@@ -55,16 +71,9 @@ class NoduleDetectionModule(FiniteGradients, L.LightningModule):
     # -- data ------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         r = self.recipe
-        ds = PatchDataset(self.train_volumes, r.patch, patches_per_volume=r.patches_per_volume,
-                          positive_fraction=r.positive_fraction, seed=r.seed)
-        ds.set_epoch(self.current_epoch)
-        world = self.trainer.world_size if self.trainer else 1
-        if world > 1:  # every rank takes every world-th patch, in order: the same global batch
-            sampler = DistributedSampler(ds, num_replicas=world, rank=self.trainer.global_rank,
-                                         shuffle=False)
-            return DataLoader(ds, batch_size=r.batch_size // world, sampler=sampler,
-                              num_workers=r.num_workers)
-        return DataLoader(ds, batch_size=r.batch_size, shuffle=False, num_workers=r.num_workers)
+        return epoch_loader(self, PatchDataset(
+            self.train_volumes, r.patch, patches_per_volume=r.patches_per_volume,
+            positive_fraction=r.positive_fraction, seed=r.seed))
 
     def val_dataloader(self) -> DataLoader:
         # whole volumes, every rank all of them (CPM does not decompose over ranks)

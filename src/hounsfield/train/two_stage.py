@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from hounsfield.evaluate.froc import Detection, Nodule, cpm, curve_of, match, sensitivity_at
 from hounsfield.models.candidates import Candidates
@@ -23,7 +23,7 @@ from hounsfield.models.detector import build_network
 from hounsfield.models.two_stage import (cached_candidates, classify, extract_patch,
                                          merge_detections, spec_key)
 from hounsfield.train.data import PreparedVolume
-from hounsfield.train.module import FiniteGradients
+from hounsfield.train.module import FiniteGradients, epoch_loader
 from hounsfield.train.recipe import Recipe
 
 
@@ -131,17 +131,10 @@ class CandidateClassifierModule(FiniteGradients, L.LightningModule):
 
     def train_dataloader(self) -> DataLoader:
         r = self.recipe
-        ds = CandidatePatchDataset(self.train_volumes, self.train_cands, r.patch,
-                                   patches_per_volume=r.patches_per_volume,
-                                   positive_fraction=r.positive_fraction, seed=r.seed)
-        ds.set_epoch(self.current_epoch)
-        world = self.trainer.world_size if self.trainer else 1
-        if world > 1:  # every rank takes every world-th sample, in order: the same global batch
-            sampler = DistributedSampler(ds, num_replicas=world, rank=self.trainer.global_rank,
-                                         shuffle=False)
-            return DataLoader(ds, batch_size=r.batch_size // world, sampler=sampler,
-                              num_workers=r.num_workers)
-        return DataLoader(ds, batch_size=r.batch_size, shuffle=False, num_workers=r.num_workers)
+        return epoch_loader(self, CandidatePatchDataset(
+            self.train_volumes, self.train_cands, r.patch,
+            patches_per_volume=r.patches_per_volume, positive_fraction=r.positive_fraction,
+            seed=r.seed))
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(list(range(len(self.val_volumes))), batch_size=1)
