@@ -29,7 +29,7 @@ from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
 )
 
-from hounsfield.dicom.json_model import dataset_to_json, raw_json
+from hounsfield.dicom.json_model import character_set, dataset_to_json, raw_json, value_key
 from hounsfield.dicom.uids import is_lenient_uid, validate_uid
 from hounsfield.errors import InvalidDicom
 
@@ -273,6 +273,8 @@ def _s(ds: Dataset, keyword: str) -> str:
     """The attribute as text ('' when absent or undecodable; values joined by backslashes)."""
     tag = tag_for_keyword(keyword)
     raw = ds._dict.get(tag) if tag is not None else None  # noqa: SLF001
+    if raw is None and tag is not None:
+        return ""  # absent (pydicom's get would look it up the long way and say the same)
     if isinstance(raw, RawDataElement):  # simple VRs: read from the bytes, as pydicom would
         fast = raw_json(raw)
         if fast is not None:
@@ -280,7 +282,18 @@ def _s(ds: Dataset, keyword: str) -> str:
             if len(values) == 1:
                 return str(values[0]).strip()
             return "\\".join(str(v) for v in values)
+        key = value_key(tag, raw, character_set(ds))  # others: decoded once per distinct value
+        if key is not None:
+            text = _TEXT.get(key)
+            if text is None:
+                if len(_TEXT) >= 8192:
+                    _TEXT.clear()
+                text = _TEXT[key] = _s_decoded(ds, keyword)
+            return text
     return _s_decoded(ds, keyword)
+
+
+_TEXT: dict[tuple, str] = {}  # value_key -> _s_decoded (patient, study, series repeat)
 
 
 def _s_decoded(ds: Dataset, keyword: str) -> str:

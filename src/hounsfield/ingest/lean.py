@@ -17,6 +17,7 @@ data set cut short by an A-ABORT or a closed connection is discarded (nothing is
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import struct
@@ -113,14 +114,15 @@ class Accepted:
 class StorageAssociation:
     """One accepted storage-only association, served on the calling thread.
 
-    ``store(data, sop_class, sop_instance)`` must return ``(status, comment)`` for the
-    C-STORE-RSP; it receives the Part 10 bytes (preamble, file meta with the calling AE as
-    source, the data set as received).
+    ``store(data, sop_class, sop_instance, sha256)`` must return ``(status, comment)`` for
+    the C-STORE-RSP; it receives the Part 10 bytes (preamble, file meta with the calling AE as
+    source, the data set as received) and their SHA-256 (hex), computed fragment by fragment
+    while the data set arrives, so hashing overlaps the transfer.
     """
 
     def __init__(self, sock: socket.socket, *, implementation_uid: str,
                  implementation_version: str, max_pdu: int, network_timeout: float | None,
-                 store: Callable[[bytes, str, str], tuple[int, str]]) -> None:
+                 store: Callable[[bytes, str, str, str], tuple[int, str]]) -> None:
         self.sock = sock
         self.implementation_uid = implementation_uid
         self.implementation_version = implementation_version
@@ -182,6 +184,7 @@ class StorageAssociation:
         data: list[memoryview] = []
         cmd: dict[int, bytes] | None = None
         cmd_ctx = 0
+        part10: tuple[bytes, hashlib._Hash] | None = None  # file meta + running hash
         try:
             while True:
                 ptype, body = self._read_pdu()
@@ -198,15 +201,19 @@ class StorageAssociation:
                                 cmd, cmd_ctx = _decode_command(b"".join(command)), ctx
                                 command = []
                                 if _us(cmd, 0x0800) == NO_DATA_SET:
-                                    self._dispatch(acc, cmd, cmd_ctx, None)
+                                    self._dispatch(acc, cmd, cmd_ctx, None, None)
                                     cmd = None
+                                else:
+                                    part10 = self._part10_start(acc, cmd, cmd_ctx)
                         else:
                             if cmd is None or ctx != cmd_ctx:
                                 raise Abort("a data set fragment arrived without its command")
                             data.append(frag)
+                            if part10 is not None:
+                                part10[1].update(frag)
                             if ctrl & 0x02:
-                                self._dispatch(acc, cmd, cmd_ctx, data)
-                                cmd, data = None, []
+                                self._dispatch(acc, cmd, cmd_ctx, data, part10)
+                                cmd, data, part10 = None, [], None
                 elif ptype == 0x05:  # A-RELEASE-RQ
                     self.sock.sendall(b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00")
                     return "released"
@@ -226,8 +233,21 @@ class StorageAssociation:
             log.info("association from %s closed by the peer: %s", acc.calling_ae, exc)
             return "closed"
 
+    def _part10_start(self, acc: Accepted, cmd: dict[int, bytes],
+                      ctx: int) -> tuple[bytes, hashlib._Hash] | None:
+        """For a C-STORE-RQ on its own context: the Part 10 file meta (PS3.10 7.1) the data set
+        will be stored behind, and a SHA-256 over it that the fragments then extend."""
+        sop_class = _ui(cmd, 0x0002)
+        abstract, ts = acc.contexts[ctx]
+        if _us(cmd, 0x0100) != C_STORE_RQ or sop_class != abstract:
+            return None
+        meta = file_meta(sop_class, _ui(cmd, 0x1000), ts, self.implementation_uid,
+                         self.implementation_version, acc.calling_ae)
+        return meta, hashlib.sha256(meta)
+
     def _dispatch(self, acc: Accepted, cmd: dict[int, bytes], ctx: int,
-                  data: list[memoryview] | None) -> None:
+                  data: list[memoryview] | None,
+                  part10: tuple[bytes, hashlib._Hash] | None) -> None:
         field = _us(cmd, 0x0100)
         msg_id = _us(cmd, 0x0110)
         sop_class = _ui(cmd, 0x0002)
@@ -235,16 +255,15 @@ class StorageAssociation:
             self._respond(ctx, _response(C_ECHO_RSP, msg_id, sop_class, "", 0x0000, ""))
         elif field == C_STORE_RQ:
             sop_instance = _ui(cmd, 0x1000)
-            abstract, ts = acc.contexts[ctx]
+            abstract = acc.contexts[ctx][0]
             if data is None:
                 status, comment = 0xC000, "C-STORE-RQ without a data set"
-            elif sop_class != abstract:  # PS3.7 9.1.1.1.2: the context's abstract syntax
+            elif sop_class != abstract or part10 is None:  # PS3.7 9.1.1.1.2
                 status, comment = 0x0122, "SOP class is not the presentation context's"
             else:
-                meta = file_meta(sop_class, sop_instance, ts, self.implementation_uid,
-                                 self.implementation_version, acc.calling_ae)
-                part10 = b"".join([meta, *data])  # the one copy of the data set
-                status, comment = self.store(part10, sop_class, sop_instance)
+                meta, digest = part10
+                status, comment = self.store(b"".join([meta, *data]),  # the one copy
+                                             sop_class, sop_instance, digest.hexdigest())
                 if status in (0x0000, 0xB000, 0xB006, 0xB007):
                     self.stored += 1
             self._respond(ctx, _response(C_STORE_RSP, msg_id, sop_class, sop_instance, status,

@@ -276,13 +276,17 @@ class DicomNode:
         return _status(code, comment)
 
     def _store_part10(self, data: bytes, sop_class: str, sop: str, peer: str,
-                      lg: _AssocLog) -> tuple[int, str]:
-        """Check and durably store one C-STORE data set (Part 10 bytes); the response status
-        and ErrorComment (PS3.4 B.2.3).  Never raises."""
+                      lg: _AssocLog, sha256: str | None = None) -> tuple[int, str]:
+        """Check and durably store one C-STORE data set (Part 10 bytes, and their SHA-256 when
+        the caller hashed them already); the response status and ErrorComment (PS3.4 B.2.3).
+        Never raises."""
         study, patient = "", ""
         try:
-            digest = _HASHER.submit(_sha256, data)  # on another core while this thread parses
-            parsed = parse_part10(data, name=f"C-STORE {sop}", sha256=digest.result,
+            if sha256 is None:  # on another core while this thread parses
+                digest = _HASHER.submit(_sha256, data).result
+            else:
+                digest = sha256.__str__
+            parsed = parse_part10(data, name=f"C-STORE {sop}", sha256=digest,
                                   defer_json=True)
             study, patient = parsed.study_instance_uid, parsed.patient["patient_id"]
             if parsed.sop_instance_uid != sop:
@@ -345,8 +349,8 @@ class DicomNode:
             sock, implementation_uid=str(self.ae.implementation_class_uid),
             implementation_version=self.ae.implementation_version_name or "",
             max_pdu=d.max_pdu, network_timeout=d.network_timeout_s,
-            store=lambda data, sop_class, sop: self._store_part10(data, sop_class, sop,
-                                                                  lg.source, lg))
+            store=lambda data, sop_class, sop, sha256: self._store_part10(
+                data, sop_class, sop, lg.source, lg, sha256))
         ok, why = admit(self.settings, calling, str(prim.called_ae_title), host)
         if not ok:
             log.warning("association from %s@%s rejected: %s", calling, host, why)
