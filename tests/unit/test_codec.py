@@ -27,8 +27,9 @@ def _pydicom(ds: Dataset, implicit: bool) -> bytes:
     return fp.getvalue()
 
 
-def _responses() -> list[Dataset]:
-    """C-FIND responses as the Q/R SCP builds them, at every level, with awkward values."""
+def _responses(with_values: bool = False) -> list:
+    """C-FIND responses as the Q/R SCP builds them, at every level, with awkward values (and
+    the index values each was built from)."""
     keys = ["PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID", "StudyDate",
             "AccessionNumber", "ModalitiesInStudy", "NumberOfStudyRelatedInstances",
             "StudyDescription", "ReferencedStudySequence", "SeriesNumber", "Rows",
@@ -45,7 +46,8 @@ def _responses() -> list[Dataset]:
     out = []
     for level in ("PATIENT", "STUDY", "SERIES", "IMAGE"):
         for v in values:
-            out.append(qr._response(qr.FindRequest(level, {}, keys), v, "HOUNSFIELD", None))
+            ds = qr._response(qr.FindRequest(level, {}, keys), v, "HOUNSFIELD", None)
+            out.append((ds, v) if with_values else ds)
     return out
 
 
@@ -77,3 +79,15 @@ def test_what_the_fast_writer_leaves_to_pydicom():
     assert _encode_flat(seq, False) is None
     assert decode_dataset(encode_dataset(seq, EXPLICIT_LE), EXPLICIT_LE) \
         .ReferencedStudySequence[0].ReferencedSOPInstanceUID == "1.2.3"
+
+
+def test_responses_equal_the_keyword_built_ones():
+    """The Q/R SCP builds response elements directly from the index's values; the bytes equal
+    those of a data set built attribute by attribute the checked way (setattr)."""
+    for ds, values in _responses(with_values=True):
+        ref = Dataset()
+        for elem in ds:
+            v = values.get(elem.keyword, elem.value)
+            setattr(ref, elem.keyword, "" if v is None else v)
+        for implicit in (True, False):
+            assert _pydicom(ds, implicit) == _pydicom(ref, implicit)
