@@ -7,6 +7,7 @@ absolute (``<base>/studies/<st>/series/<se>/instances/<sop>/bulkdata/...``) when
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -52,6 +53,20 @@ def raw_json(raw: RawDataElement) -> dict[str, Any] | None:
                 return {"vr": vr}
             items = stripped.split("\\")
         return {"vr": vr, "Value": items}
+    if vr in ("IS", "DS"):  # decimal strings: numbers in JSON (pydicom: int() / float())
+        if not isinstance(value, bytes) or not value.isascii():
+            return None
+        stripped = value.decode("ascii").strip(" \x00")
+        if not stripped:
+            return {"vr": vr}
+        try:
+            cast = int if vr == "IS" else float
+            numbers = [cast(v.strip(" \x00")) for v in stripped.split("\\")]
+        except ValueError:  # an empty or odd component: pydicom's way decides
+            return None
+        if vr == "DS" and not all(math.isfinite(n) for n in numbers):
+            return None
+        return {"vr": vr, "Value": numbers}
     fmt = _NUMBER_FORMATS.get(vr)
     if fmt is None:
         return None
