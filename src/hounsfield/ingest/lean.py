@@ -1,14 +1,16 @@
-"""Storage-only associations on one thread, without pynetdicom's per-PDU machinery (PS3.8, PS3.7).
+"""Associations that send and query, on one thread, without pynetdicom's per-PDU machinery
+(PS3.8, PS3.7).
 
-A modality or PACS that only *sends* (its A-ASSOCIATE-RQ proposes Storage and Verification
-SOP classes, nothing else, no role selection, no TLS) is served here: one thread reads a PDU,
-reassembles the P-DATA fragments into the command and the data set, hands the data set's bytes
-— as received, never re-encoded — to the node's store function and writes the response.  No
-queues, no second thread, no polling: the per-instance overhead is a few socket calls and a
-small command set to decode and encode.  Everything else (query/retrieve, C-GET requestors,
-role negotiation, TLS) goes through pynetdicom, which this module uses anyway to decode and
-negotiate the association request (``A_ASSOCIATE_RQ``, ``negotiate_as_acceptor``), so both
-paths accept exactly the same presentation contexts.
+A modality or PACS that only *sends*, or a viewer or PACS that *queries* (its A-ASSOCIATE-RQ
+proposes Storage, Verification and Query/Retrieve FIND SOP classes, nothing else, no role
+selection, no TLS) is served here: one thread reads a PDU, reassembles the P-DATA fragments into
+the command and the data set, hands the data set's bytes — as received, never re-encoded — to
+the node's store function (or the identifier to its find function) and writes the responses.
+No queues, no second thread, no polling: the per-instance overhead is a few socket calls and a
+small command set to decode and encode.  Everything else (C-MOVE / C-GET, role negotiation,
+TLS) goes through pynetdicom, which this module uses anyway to decode and negotiate the
+association request (``A_ASSOCIATE_RQ``, ``negotiate_as_acceptor``), so both paths accept
+exactly the same presentation contexts.
 
 Faults: a PDU the state machine does not expect, a P-DATA on a context that was not accepted,
 a truncated stream or a silent peer (network timeout) end the association with an A-ABORT; a
