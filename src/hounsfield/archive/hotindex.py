@@ -20,6 +20,7 @@ import threading
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
+import weakref
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Engine, Table
@@ -87,7 +88,7 @@ class HotIndex:
     connection it holds (returned to the engine's pool when the engine goes)."""
 
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+        self._engine = weakref.ref(engine)  # the cache entry must not keep its key alive
         self.commits = 0  # transactions this path committed
         self._lock = threading.Lock()  # one connection, one transaction at a time
         self._raw: Any = None
@@ -114,7 +115,10 @@ class HotIndex:
     def _insert(self, rows: Sequence[dict[str, Any]], uids: list[str],
                 series_uids: Sequence[str], wanted: list[str], now: datetime) -> bool:
         if self._raw is None:  # held, not checked out per commit (the pool's cost showed)
-            self._raw = self.engine.raw_connection()
+            engine = self._engine()
+            if engine is None:
+                return False
+            self._raw = engine.raw_connection()
         try:
             cur = self._raw.driver_connection.cursor()
             cur.execute("BEGIN IMMEDIATE")
