@@ -14,11 +14,13 @@ import pydicom
 import pynetdicom._config
 import pytest
 from pynetdicom import AE
-from pynetdicom.dimse_messages import C_STORE_RQ
-from pynetdicom.dimse_primitives import C_STORE
+from pydicom.dataset import Dataset
+from pynetdicom.dimse_messages import C_CANCEL_RQ, C_FIND_RQ, C_STORE_RQ
+from pynetdicom.dimse_primitives import C_CANCEL, C_FIND, C_STORE
 from pynetdicom.sop_class import (
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 from sqlalchemy import func, select
@@ -26,6 +28,7 @@ from sqlalchemy import func, select
 from hounsfield.archive.check import check
 from hounsfield.archive.models import Instance
 from hounsfield.config import RemoteNode
+from hounsfield.dicom.codec import encode_dataset
 from hounsfield.pacs.scu import echo
 from tests.dimse_peers import (  # noqa: F401  (node_factory is a fixture)
     PEER_ENV,
@@ -297,14 +300,14 @@ def test_concurrent_store_and_find_keep_serving(node_factory, tmp_path):  # noqa
 
 
 def test_paths_chosen_by_proposed_contexts(node_factory, tmp_path):  # noqa: F811
-    """Senders (storage/verification only) take the lean path; an association that also
-    proposes query/retrieve, or asks for role selection (C-GET), goes through pynetdicom."""
+    """Senders and queriers (storage, verification, C-FIND) take the lean path; an association
+    that also proposes C-MOVE / C-GET, or asks for role selection, goes through pynetdicom."""
     node = node_factory()
     files = make_ct_series(tmp_path / "ct", 3, size=64)
     r = dcmtk("storescu", *_aec(node), *map(str, files))
     assert r.returncode == 0, r.stderr
     assert node.lean_associations == 1 and _count(node) == 3
-    mixed = _scu(node, contexts=(CTImageStorage, StudyRootQueryRetrieveInformationModelFind))
+    mixed = _scu(node, contexts=(CTImageStorage, StudyRootQueryRetrieveInformationModelMove))
     status = mixed.send_c_store(pydicom.dcmread(make_ct_series(tmp_path / "m", 1, size=64,
                                                                patient_id="PM", seed=5)[0]))
     mixed.release()
@@ -350,3 +353,80 @@ def test_lean_path_protocol_faults(node_factory, tmp_path):  # noqa: F811
     assert assoc.is_aborted
     assert _count(node) == 0 and check(node.archive).clean and _echo_ok(node)
     assert node.lean_associations >= 2
+
+
+def _study_query(**filters) -> Dataset:  # noqa: ANN003
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    for k in ("StudyInstanceUID", "PatientName", "PatientID", "ModalitiesInStudy",
+              "NumberOfStudyRelatedInstances", "ReferencedStudySequence"):
+        setattr(ds, k, "")
+    for k, v in filters.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def test_find_on_the_lean_path(node_factory, tmp_path):  # noqa: F811
+    """C-FIND on a query-only association is answered on the lean path with exactly the
+    responses pynetdicom's path gives; a bad identifier gets its status; a C-CANCEL-RQ that
+    arrives while the query runs ends it with Cancel (PS3.7 9.3.2.3); the node keeps serving."""
+    node = node_factory()
+    files = [make_ct_series(tmp_path / f"s{i}", 1, size=16, patient_id=f"PF{i}", seed=60 + i)[0]
+             for i in range(6)]
+    r = dcmtk("storescu", *_aec(node), *map(str, files))
+    assert r.returncode == 0, r.stderr
+
+    def query(contexts, ds):  # noqa: ANN001, ANN202
+        assoc = _scu(node, contexts=contexts)
+        found, final = [], None
+        for status, ident in assoc.send_c_find(ds, StudyRootQueryRetrieveInformationModelFind):
+            if int(status.Status) in (0xFF00, 0xFF01):
+                found.append(ident)
+            else:
+                final = int(status.Status)
+        assoc.release()
+        return final, sorted((x.PatientID, x.StudyInstanceUID, int(x.NumberOfStudyRelatedInstances),
+                              x.ModalitiesInStudy, str(x.SpecificCharacterSet),
+                              len(x.ReferencedStudySequence)) for x in found)
+
+    find_only = (StudyRootQueryRetrieveInformationModelFind,)
+    with_move = (*find_only, StudyRootQueryRetrieveInformationModelMove)
+    before = node.lean_associations
+    lean = query(find_only, _study_query(PatientID="PF*"))
+    assert node.lean_associations == before + 1
+    full = query(with_move, _study_query(PatientID="PF*"))
+    assert node.lean_associations == before + 1  # C-MOVE proposed: pynetdicom's path
+    assert lean == full and lean[0] == 0 and len(lean[1]) == 6
+    assert lean[1][0][2:5] == (1, "CT", "ISO_IR 192")
+    no_level = _study_query(PatientID="PF1")
+    del no_level.QueryRetrieveLevel
+    assert query(find_only, no_level) == query(with_move, no_level) == (0xA900, [])
+
+    # C-FIND-RQ and C-CANCEL-RQ sent back to back: the cancel is read before the first match
+    assoc = _scu(node, contexts=find_only)
+    assoc._reactor_checkpoint.clear()  # the responses are read here, not by the reactor
+    while not assoc._is_paused:
+        time.sleep(0.001)
+    ctx = assoc.accepted_contexts[0].context_id
+    ts = str(assoc.accepted_contexts[0].transfer_syntax[0])
+    req = C_FIND()
+    req.MessageID, req.Priority = 11, 2
+    req.AffectedSOPClassUID = StudyRootQueryRetrieveInformationModelFind
+    req.Identifier = BytesIO(encode_dataset(_study_query(PatientID="PF*"), ts))
+    cancel = C_CANCEL()
+    cancel.MessageIDBeingRespondedTo = 11
+    for prim, msg in ((req, C_FIND_RQ()), (cancel, C_CANCEL_RQ())):
+        msg.primitive_to_message(prim)
+        for pdata in msg.encode_msg(ctx, 16382):
+            assoc.dul.send_pdu(pdata)
+    pending = 0
+    while True:
+        _cx, rsp = assoc.dimse.get_msg(block=True)
+        assert rsp is not None
+        if int(rsp.Status) not in (0xFF00, 0xFF01):
+            break
+        pending += 1
+    assoc._reactor_checkpoint.set()
+    assert int(rsp.Status) == 0xFE00 and pending < 6
+    assoc.release()
+    assert _echo_ok(node) and query(find_only, _study_query(PatientID="PF2"))[0] == 0

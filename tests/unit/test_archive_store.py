@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
-from datetime import date as date_cls
+from datetime import date as date_cls, datetime
 
 import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from sqlalchemy import select
 
 from hounsfield.archive.models import Instance
 from hounsfield.archive.parse import parse_part10
@@ -155,3 +156,54 @@ def test_batch_with_same_uid_twice(any_archive):
     b = parse_part10(to_bytes(ds))
     outs = store_instances(any_archive, [a, a, b], source="t")
     assert [o.status for o in outs] == ["stored", "duplicate", "conflict"]
+
+
+def test_hot_path_rows_equal_the_general_paths(archive, tmp_path):
+    """Instances of an indexed series, their blobs written first (the C-STORE committer's
+    case), are committed on the DB-API cursor; their rows read back exactly as rows written
+    through SQLAlchemy Core, and every other case still goes the general way."""
+    from hounsfield.archive import Archive
+    from hounsfield.archive.blobstore import blob_key
+    from hounsfield.archive.hotindex import hot_index
+    from hounsfield.archive.models import Series
+    from hounsfield.config import load_settings
+    from tests.dimse_peers import make_ct_series
+
+    def prewritten(a, f):
+        p = parse_part10(f.read_bytes())
+        a.blobs.put(blob_key(p.study_instance_uid, p.sop_instance_uid, p.sha256), p.data)
+        p.data = None
+        return p
+
+    files = make_ct_series(tmp_path / "ct", 3, size=16)
+    hot = hot_index(archive.write_engine)
+    assert hot is not None
+    # the series' first instance creates its rows (general path), the next two take the hot one
+    assert store_instance(archive, prewritten(archive, files[0]), source="A").status == "stored"
+    outs = store_instances(archive, [prewritten(archive, f) for f in files[1:]], source="A")
+    assert [o.status for o in outs] == ["stored", "stored"] and hot.commits == 1
+    # the same bytes again: a duplicate, decided by the general path
+    assert store_instance(archive, prewritten(archive, files[1]), source="A").status == "duplicate"
+    assert hot.commits == 1
+    other = Archive.open(load_settings(data_dir=tmp_path / "core", profile="demo"))
+    try:
+        for f in files:  # the import path: decided and written through Core
+            assert store_instance(other, parse_part10(f.read_bytes()), source="A").status == "stored"
+
+        def rows(a):
+            with a.session() as s:
+                out = {}
+                for r in s.scalars(select(Instance)):
+                    d = {c.name: getattr(r, c.key) for c in Instance.__table__.columns}
+                    assert isinstance(d.pop("received_at"), datetime)
+                    for k in ("id", "series_pk"):
+                        d.pop(k)
+                    out[r.sop_instance_uid] = d
+                series = s.scalars(select(Series)).one()
+                newest = max(r.received_at for r in s.scalars(select(Instance)))
+                assert series.last_received_at == newest and series.study.last_received_at == newest
+                return out
+
+        assert rows(archive) == rows(other)
+    finally:
+        other.close()

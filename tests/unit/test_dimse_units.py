@@ -196,7 +196,11 @@ def test_stable_detection(any_archive, tmp_path):
     study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
     assert detect(archive, quiet_s=60) == []
     assert stable_state(archive, [study])[study] is None
-    events = detect(archive, quiet_s=0.0, now=utcnow() + timedelta(seconds=1))
+    # a monitor's later pass looks only at what received something after its window start
+    assert detect(archive, quiet_s=0.0, now=utcnow() + timedelta(seconds=1),
+                  since=utcnow()) == []
+    events = detect(archive, quiet_s=0.0, now=utcnow() + timedelta(seconds=1),
+                    since=utcnow() - timedelta(seconds=60))
     assert sorted((e.level, e.instances) for e in events) == [("SERIES", 3), ("STUDY", 3)]
     assert stable_state(archive, [study])[study] is not None
     assert detect(archive, quiet_s=0.0, now=utcnow() + timedelta(seconds=1)) == []

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
@@ -29,7 +29,7 @@ from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
 )
 
-from hounsfield.dicom.json_model import dataset_to_json, raw_json
+from hounsfield.dicom.json_model import character_set, dataset_to_json, raw_json, value_key
 from hounsfield.dicom.uids import is_lenient_uid, validate_uid
 from hounsfield.errors import InvalidDicom
 
@@ -104,7 +104,7 @@ def parse_part10(data: bytes, *, name: str = "", sha256: Callable[[], str] | Non
     notes.extend(sorted({_short(w.message) for w in caught}))
 
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
-    if ds.get("SOPClassUID") is None and getattr(ds, "file_meta", None) is not None and \
+    if "SOPClassUID" not in ds and getattr(ds, "file_meta", None) is not None and \
             getattr(ds.file_meta, "MediaStorageSOPClassUID", None) == MEDIA_STORAGE_DIRECTORY:
         raise InvalidDicom(f"{label}a DICOMDIR (media storage directory) is an index, not an instance")
     if not has_preamble and (len(ds) == 0 or not any(
@@ -273,14 +273,48 @@ def _s(ds: Dataset, keyword: str) -> str:
     """The attribute as text ('' when absent or undecodable; values joined by backslashes)."""
     tag = tag_for_keyword(keyword)
     raw = ds._dict.get(tag) if tag is not None else None  # noqa: SLF001
+    if raw is None and tag is not None:
+        return ""  # absent (pydicom's get would look it up the long way and say the same)
     if isinstance(raw, RawDataElement):  # simple VRs: read from the bytes, as pydicom would
+        text = _number_text(raw, tag)  # IS / DS as written (their JSON is numbers)
+        if text is not None:
+            return text
         fast = raw_json(raw)
         if fast is not None:
             values = fast.get("Value") or []
             if len(values) == 1:
                 return str(values[0]).strip()
             return "\\".join(str(v) for v in values)
+        key = value_key(tag, raw, character_set(ds))  # others: decoded once per distinct value
+        if key is not None:
+            text = _TEXT.get(key)
+            if text is None:
+                if len(_TEXT) >= 8192:
+                    _TEXT.clear()
+                text = _TEXT[key] = _s_decoded(ds, keyword)
+            return text
     return _s_decoded(ds, keyword)
+
+
+_TEXT: dict[tuple, str] = {}  # value_key -> _s_decoded (patient, study, series repeat)
+
+
+def _number_text(raw: RawDataElement, tag: int) -> str | None:
+    """An IS / DS value as pydicom prints it (each value without its padding), read from the
+    bytes; ``None`` for other VRs or bytes that are not plain ASCII."""
+    vr = raw.VR
+    if vr is None:
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            return None
+    value = raw.value
+    if vr not in ("IS", "DS") or not isinstance(value, bytes) or not value.isascii():
+        return None
+    parts = [v.strip(" \0") for v in value.decode("ascii").rstrip(" \0").split("\\")]
+    if len(parts) == 1 and not parts[0]:
+        return ""
+    return "\\".join(parts)
 
 
 def _s_decoded(ds: Dataset, keyword: str) -> str:

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from hounsfield.archive.archive import Archive
 from hounsfield.archive.blobstore import blob_key
+from hounsfield.archive.hotindex import hot_index
 from hounsfield.archive.models import Instance, Patient, Series, Study, utcnow
 from hounsfield.archive.parse import ParsedInstance
 from hounsfield.config import DuplicatePolicy
@@ -155,6 +156,15 @@ def _index(archive: Archive, batch: Sequence[ParsedInstance], sources: list[str]
     CPU time).  ``decision`` None: decide inside the write transaction."""
     blobs = archive.blobs
     now = utcnow()
+    hot = hot_index(archive.write_engine) if decision is None else None
+    if hot is not None and hot.insert(
+            [dict(p.instance, blob_key=blob_key(p.study_instance_uid, p.sop_instance_uid,
+                                                p.sha256),
+                  size=p.size, sha256=p.sha256, source=src[:1024], site=site, received_at=now,
+                  warnings="\n".join(p.warnings), metadata_json=p.finish_json())
+             for p, src in zip(batch, sources, strict=True)],
+            [p.series_instance_uid for p in batch], now):
+        return [_outcome(p, "stored") for p in batch]  # the common case, on the DB-API cursor
     written: list[str] = []
     with archive.write_engine.begin() as conn:  # Core: no ORM session for the common case
         inside = decision is None

@@ -7,6 +7,7 @@ absolute (``<base>/studies/<st>/series/<se>/instances/<sop>/bulkdata/...``) when
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -52,6 +53,20 @@ def raw_json(raw: RawDataElement) -> dict[str, Any] | None:
                 return {"vr": vr}
             items = stripped.split("\\")
         return {"vr": vr, "Value": items}
+    if vr in ("IS", "DS"):  # decimal strings: numbers in JSON (pydicom: int() / float())
+        if not isinstance(value, bytes) or not value.isascii():
+            return None
+        stripped = value.decode("ascii").strip(" \x00")
+        if not stripped:
+            return {"vr": vr}
+        try:
+            cast = int if vr == "IS" else float
+            numbers = [cast(v.strip(" \x00")) for v in stripped.split("\\")]
+        except ValueError:  # an empty or odd component: pydicom's way decides
+            return None
+        if vr == "DS" and not all(math.isfinite(n) for n in numbers):
+            return None
+        return {"vr": vr, "Value": numbers}
     fmt = _NUMBER_FORMATS.get(vr)
     if fmt is None:
         return None
@@ -66,19 +81,60 @@ def raw_json(raw: RawDataElement) -> dict[str, Any] | None:
     return {"vr": vr, "Value": [cast(n) for n in numbers]}
 
 
+# The JSON of other short encoded elements (text in the data set's character set, PN, DS,
+# IS, ...), by their bytes: the instances of one series repeat most of their header (patient,
+# study, series, equipment, geometry), and pydicom's conversion is the costly part.  The dicts
+# are shared between the instances' metadata, which is only ever serialised, never changed.
+_CACHE: dict[tuple, dict[str, Any]] = {}
+_CACHE_MAX = 8192
+_CACHE_VALUE_MAX = 256
+
+
+def character_set(ds: Dataset) -> Any:
+    """The character set ``ds``'s text values are decoded with (hashable)."""
+    cs = ds._character_set  # noqa: SLF001 - pydicom's own answer, parents' included
+    return tuple(cs) if isinstance(cs, list) else cs
+
+
+def value_key(key: int, raw: RawDataElement, charset: Any) -> tuple | None:
+    """What an encoded element's decoded value depends on (to cache it by), or ``None`` when
+    that is more than its own bytes and the character set."""
+    value = raw.value
+    if (value is None or len(value) > _CACHE_VALUE_MAX or raw.length == 0xFFFFFFFF
+            or raw.VR in ("SQ", "UN") or getattr(raw, "is_buffered", False)):
+        return None
+    if raw.VR is None:  # implicit VR: the dictionary's, unless it depends on other elements
+        try:
+            if " or " in dictionary_VR(key):
+                return None
+        except KeyError:
+            return None
+    return key, raw.VR, value, raw.is_little_endian, charset
+
+
 def _walk(ds: Dataset, prefix: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     raw_elements = ds._dict  # noqa: SLF001 - read-only look at elements not yet decoded
+    charset: Any = None
     for key in sorted(raw_elements):
         if key.group == 0x0002 or key.element == 0x0000:
             continue  # file meta and group lengths are not part of the JSON model
         tag = f"{key:08X}"
         raw = raw_elements[key]
+        ck = None
         if isinstance(raw, RawDataElement):
             fast = raw_json(raw)
             if fast is not None:
                 out[tag] = fast
                 continue
+            if charset is None:
+                charset = character_set(ds)
+            ck = value_key(key, raw, charset)
+            if ck is not None:
+                hit = _CACHE.get(ck)
+                if hit is not None:
+                    out[tag] = hit
+                    continue
         elem = ds[key]
         path = f"{prefix}{tag}"
         if elem.VR == "SQ":
@@ -92,6 +148,11 @@ def _walk(ds: Dataset, prefix: str) -> dict[str, Any]:
             out[tag] = elem.to_json_dict(bulk_data_element_handler=None, bulk_data_threshold=1 << 30)
         except Exception:  # noqa: BLE001 - an odd value must not stop ingest; drop the value
             out[tag] = {"vr": elem.VR if elem.VR in _JSON_VRS else "UN"}
+            continue
+        if ck is not None:
+            if len(_CACHE) >= _CACHE_MAX:
+                _CACHE.clear()
+            _CACHE[ck] = out[tag]
     return out
 
 

@@ -9,8 +9,9 @@ response is sent only after *its* instance is on disk and committed to the index
 concurrent associations share one commit instead of queueing for N.
 
 One flush per acknowledgement.  The blob is created under its final name (no temporary file,
-rename or folder fsync), complete in the page cache before its row is committed, and fsynced
-while the row is committed; the acknowledgement waits for both.  The index commit does not wait
+rename or folder fsync), complete in the page cache and its write-out to the disk started
+(``sync_file_range``) before its row is committed, and fsynced after the commit; the
+acknowledgement waits for both.  The index commit does not wait
 for the database log to reach the disk (SQLite ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit=off``).
 What makes that safe is the ingest journal: before a blob is written its key is appended to
 this process's journal, and a journal file is deleted only after a *checkpoint* — every
@@ -32,8 +33,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,6 @@ from hounsfield.archive.store import StoreOutcome, store_instances
 from hounsfield.errors import HounsfieldError, OutOfResources
 
 log = logging.getLogger(__name__)
-_FLUSH = ThreadPoolExecutor(max_workers=16, thread_name_prefix="blob-fsync")
 
 
 @dataclass
@@ -295,15 +295,16 @@ class GroupCommitter:
             raise OutOfResources("storage writer is not running")
         key = blob_key(parsed.study_instance_uid, parsed.sop_instance_uid, parsed.sha256)
         seq = self.journal.add(key)
-        flushing: Future | None = None
+        flush: Callable[[], None] | None = None
         if parsed.data is not None:
             try:
-                # the bytes are complete in the page cache before the row can be committed;
-                # their fsync runs while the row is committed (see recover(): a row whose blob
-                # did not reach the disk was never acknowledged and is dropped after a crash)
+                # the bytes are complete in the page cache (and on their way to the disk)
+                # before the row can be committed; the fsync that makes them durable follows
+                # the commit (see recover(): a row whose blob did not reach the disk was never
+                # acknowledged and is dropped after a crash)
                 blobs = self.archive.blobs
                 if isinstance(blobs, FileBlobStore):
-                    flushing = _FLUSH.submit(blobs.prepare_direct(key, parsed.data))
+                    flush = blobs.prepare_direct(key, parsed.data)
                 else:
                     blobs.put(key, parsed.data)
             except Exception:
@@ -311,14 +312,25 @@ class GroupCommitter:
                 raise
             parsed.data = None  # the write path now only indexes it
         try:
-            parsed.finish_json()  # while the blob's fsync runs (when the caller deferred it)
-        except Exception:
-            if flushing is not None:
-                flushing.result()
-            self._drop_unindexed([key])
-            self.journal.done(seq)
+            try:
+                parsed.finish_json()  # while the blob is written out (when the caller deferred it)
+            except Exception:
+                self._drop_unindexed([key])
+                self.journal.done(seq)
+                raise
+            outcome = self._index(_Item(parsed, source, Future(), seq, key))
+        except BaseException:
+            if flush is not None:
+                with contextlib.suppress(OutOfResources):
+                    flush()  # closes the file; the failure above is the one to report
             raise
-        item = _Item(parsed, source, Future(), seq, key)
+        if flush is not None:
+            flush()  # OutOfResources if the disk refused: not acknowledged
+        return outcome
+
+    def _index(self, item: _Item) -> StoreOutcome:
+        """Commit ``item``'s row in a group with whatever else is waiting (one caller leads a
+        batch while the others wait); its outcome, or what the commit raised."""
         with self._cv:
             self._pending.append(item)
             while not item.future.done():
@@ -335,10 +347,7 @@ class GroupCommitter:
                     self._cv.acquire()
                     self._leading = False
                     self._cv.notify_all()
-        outcome = item.future.result()
-        if flushing is not None:
-            flushing.result()  # OutOfResources if the disk refused: not acknowledged
-        return outcome
+        return item.future.result()
 
     def _commit(self, batch: list[_Item]) -> None:
         try:

@@ -1,14 +1,16 @@
-"""Storage-only associations on one thread, without pynetdicom's per-PDU machinery (PS3.8, PS3.7).
+"""Associations that send and query, on one thread, without pynetdicom's per-PDU machinery
+(PS3.8, PS3.7).
 
-A modality or PACS that only *sends* (its A-ASSOCIATE-RQ proposes Storage and Verification
-SOP classes, nothing else, no role selection, no TLS) is served here: one thread reads a PDU,
-reassembles the P-DATA fragments into the command and the data set, hands the data set's bytes
-— as received, never re-encoded — to the node's store function and writes the response.  No
-queues, no second thread, no polling: the per-instance overhead is a few socket calls and a
-small command set to decode and encode.  Everything else (query/retrieve, C-GET requestors,
-role negotiation, TLS) goes through pynetdicom, which this module uses anyway to decode and
-negotiate the association request (``A_ASSOCIATE_RQ``, ``negotiate_as_acceptor``), so both
-paths accept exactly the same presentation contexts.
+A modality or PACS that only *sends*, or a viewer or PACS that *queries* (its A-ASSOCIATE-RQ
+proposes Storage, Verification and Query/Retrieve FIND SOP classes, nothing else, no role
+selection, no TLS) is served here: one thread reads a PDU, reassembles the P-DATA fragments into
+the command and the data set, hands the data set's bytes — as received, never re-encoded — to
+the node's store function (or the identifier to its find function) and writes the responses.
+No queues, no second thread, no polling: the per-instance overhead is a few socket calls and a
+small command set to decode and encode.  Everything else (C-MOVE / C-GET, role negotiation,
+TLS) goes through pynetdicom, which this module uses anyway to decode and negotiate the
+association request (``A_ASSOCIATE_RQ``, ``negotiate_as_acceptor``), so both paths accept
+exactly the same presentation contexts.
 
 Faults: a PDU the state machine does not expect, a P-DATA on a context that was not accepted,
 a truncated stream or a silent peer (network timeout) end the association with an A-ABORT; a
@@ -17,13 +19,16 @@ data set cut short by an A-ABORT or a closed connection is discarded (nothing is
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import select
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
@@ -34,6 +39,8 @@ from pynetdicom.pdu_primitives import (
     SCP_SCU_RoleSelectionNegotiation,
 )
 from pynetdicom.presentation import negotiate_as_acceptor
+
+from hounsfield.dicom.codec import decode_dataset, encode_dataset
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +54,22 @@ _ELEM = struct.Struct("<HHL")
 # DIMSE command fields (PS3.7 E.1)
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
+C_FIND_RQ, C_FIND_RSP = 0x0020, 0x8020
 C_CANCEL_RQ = 0x0FFF
 NO_DATA_SET = 0x0101
+DATA_SET_PRESENT = 0x0001
+
+#: find(identifier, sop_class, cancelled) -> (status, error comment, response identifier)...
+Find = Callable[[Callable[[], Dataset], str, Callable[[], bool]],
+                Iterator[tuple[int, str, "Dataset | None"]]]
 
 
 class Abort(Exception):
     """End the association with an A-ABORT (the reason is logged)."""
+
+
+class PeerAborted(Exception):
+    """The peer sent an A-ABORT while we were answering."""
 
 
 @dataclass
@@ -111,23 +128,29 @@ class Accepted:
 
 
 class StorageAssociation:
-    """One accepted storage-only association, served on the calling thread.
+    """One accepted association that stores and queries, served on the calling thread.
 
-    ``store(data, sop_class, sop_instance)`` must return ``(status, comment)`` for the
-    C-STORE-RSP; it receives the Part 10 bytes (preamble, file meta with the calling AE as
-    source, the data set as received).
+    ``store(data, sop_class, sop_instance, sha256)`` must return ``(status, comment)`` for
+    the C-STORE-RSP; it receives the Part 10 bytes (preamble, file meta with the calling AE as
+    source, the data set as received) and their SHA-256 (hex), computed fragment by fragment
+    while the data set arrives, so hashing overlaps the transfer.  ``find`` (see :data:`Find`)
+    gives a C-FIND's responses, each written to the socket as it comes; a C-CANCEL-RQ read
+    between two of them ends the query (PS3.7 9.3.2.3).
     """
 
     def __init__(self, sock: socket.socket, *, implementation_uid: str,
                  implementation_version: str, max_pdu: int, network_timeout: float | None,
-                 store: Callable[[bytes, str, str], tuple[int, str]]) -> None:
+                 store: Callable[[bytes, str, str, str], tuple[int, str]],
+                 find: Find | None = None) -> None:
         self.sock = sock
         self.implementation_uid = implementation_uid
         self.implementation_version = implementation_version
         self.max_pdu = max_pdu
         self.network_timeout = network_timeout
         self.store = store
+        self.find = find
         self.stored = 0
+        self.peer_max_pdu = 0  # the requestor's Maximum Length Received (0: no limit)
 
     # -- association establishment (PS3.8 7.1) ----------------------------------------------
     def reject(self, rq: Request, result: int, source: int, diagnostic: int) -> None:
@@ -141,6 +164,7 @@ class StorageAssociation:
         DICOM's).  Returns what was accepted, or ``None`` after a rejection."""
         self._recv_exact(rq.size)
         prim = rq.primitive
+        self.peer_max_pdu = int(prim.maximum_length_received or 0)
         if str(prim.application_context_name) != APPLICATION_CONTEXT:
             self._send_reject(0x01, 0x01, 0x02)
             return None
@@ -182,6 +206,7 @@ class StorageAssociation:
         data: list[memoryview] = []
         cmd: dict[int, bytes] | None = None
         cmd_ctx = 0
+        part10: tuple[bytes, hashlib._Hash] | None = None  # file meta + running hash
         try:
             while True:
                 ptype, body = self._read_pdu()
@@ -198,15 +223,19 @@ class StorageAssociation:
                                 cmd, cmd_ctx = _decode_command(b"".join(command)), ctx
                                 command = []
                                 if _us(cmd, 0x0800) == NO_DATA_SET:
-                                    self._dispatch(acc, cmd, cmd_ctx, None)
+                                    self._dispatch(acc, cmd, cmd_ctx, None, None)
                                     cmd = None
+                                else:
+                                    part10 = self._part10_start(acc, cmd, cmd_ctx)
                         else:
                             if cmd is None or ctx != cmd_ctx:
                                 raise Abort("a data set fragment arrived without its command")
                             data.append(frag)
+                            if part10 is not None:
+                                part10[1].update(frag)
                             if ctrl & 0x02:
-                                self._dispatch(acc, cmd, cmd_ctx, data)
-                                cmd, data = None, []
+                                self._dispatch(acc, cmd, cmd_ctx, data, part10)
+                                cmd, data, part10 = None, [], None
                 elif ptype == 0x05:  # A-RELEASE-RQ
                     self.sock.sendall(b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00")
                     return "released"
@@ -218,6 +247,8 @@ class StorageAssociation:
             log.warning("aborting association from %s: %s", acc.calling_ae, exc)
             self._send_abort()
             return "aborted"
+        except PeerAborted:
+            return "aborted"
         except TimeoutError:
             log.warning("network timeout on association from %s: aborting", acc.calling_ae)
             self._send_abort()
@@ -226,8 +257,21 @@ class StorageAssociation:
             log.info("association from %s closed by the peer: %s", acc.calling_ae, exc)
             return "closed"
 
+    def _part10_start(self, acc: Accepted, cmd: dict[int, bytes],
+                      ctx: int) -> tuple[bytes, hashlib._Hash] | None:
+        """For a C-STORE-RQ on its own context: the Part 10 file meta (PS3.10 7.1) the data set
+        will be stored behind, and a SHA-256 over it that the fragments then extend."""
+        sop_class = _ui(cmd, 0x0002)
+        abstract, ts = acc.contexts[ctx]
+        if _us(cmd, 0x0100) != C_STORE_RQ or sop_class != abstract:
+            return None
+        meta = file_meta(sop_class, _ui(cmd, 0x1000), ts, self.implementation_uid,
+                         self.implementation_version, acc.calling_ae)
+        return meta, hashlib.sha256(meta)
+
     def _dispatch(self, acc: Accepted, cmd: dict[int, bytes], ctx: int,
-                  data: list[memoryview] | None) -> None:
+                  data: list[memoryview] | None,
+                  part10: tuple[bytes, hashlib._Hash] | None) -> None:
         field = _us(cmd, 0x0100)
         msg_id = _us(cmd, 0x0110)
         sop_class = _ui(cmd, 0x0002)
@@ -235,24 +279,64 @@ class StorageAssociation:
             self._respond(ctx, _response(C_ECHO_RSP, msg_id, sop_class, "", 0x0000, ""))
         elif field == C_STORE_RQ:
             sop_instance = _ui(cmd, 0x1000)
-            abstract, ts = acc.contexts[ctx]
+            abstract = acc.contexts[ctx][0]
             if data is None:
                 status, comment = 0xC000, "C-STORE-RQ without a data set"
-            elif sop_class != abstract:  # PS3.7 9.1.1.1.2: the context's abstract syntax
+            elif sop_class != abstract or part10 is None:  # PS3.7 9.1.1.1.2
                 status, comment = 0x0122, "SOP class is not the presentation context's"
             else:
-                meta = file_meta(sop_class, sop_instance, ts, self.implementation_uid,
-                                 self.implementation_version, acc.calling_ae)
-                part10 = b"".join([meta, *data])  # the one copy of the data set
-                status, comment = self.store(part10, sop_class, sop_instance)
+                meta, digest = part10
+                status, comment = self.store(b"".join([meta, *data]),  # the one copy
+                                             sop_class, sop_instance, digest.hexdigest())
                 if status in (0x0000, 0xB000, 0xB006, 0xB007):
                     self.stored += 1
             self._respond(ctx, _response(C_STORE_RSP, msg_id, sop_class, sop_instance, status,
                                          comment))
+        elif field == C_FIND_RQ and self.find is not None:
+            self._find(acc, ctx, msg_id, sop_class, data)
         elif field == C_CANCEL_RQ:
-            return  # nothing to cancel: C-STORE is not cancellable (PS3.7 9.3.1)
+            return  # nothing pending to cancel (C-STORE is not cancellable, PS3.7 9.3.1)
         else:
             raise Abort(f"DIMSE command 0x{field:04X} is not served on a storage association")
+
+    # -- C-FIND (PS3.7 9.1.2, 9.3.2) ------------------------------------------------------------
+    def _find(self, acc: Accepted, ctx: int, msg_id: int, sop_class: str,
+              data: list[memoryview] | None) -> None:
+        abstract, ts = acc.contexts[ctx]
+
+        def rsp(status: int, comment: str = "", with_data: bool = False) -> bytes:
+            return _response(C_FIND_RSP, msg_id, sop_class, "", status, comment,
+                             DATA_SET_PRESENT if with_data else NO_DATA_SET)
+
+        if sop_class != abstract:
+            self._respond(ctx, rsp(0x0122, "SOP class is not the presentation context's"))
+            return
+        if data is None:
+            self._respond(ctx, rsp(0xC000, "C-FIND-RQ without an identifier"))
+            return
+        raw, find = b"".join(data), self.find or (lambda *_a: iter(()))
+        cancel = _CancelWatch(self, msg_id)
+        for status, comment, ds in find(lambda: decode_dataset(raw, ts), sop_class, cancel):
+            if ds is None:
+                self._respond(ctx, rsp(status, comment))
+                return
+            self._send_message(ctx, rsp(status, comment, True), encode_dataset(ds, ts))
+
+    def _send_message(self, ctx: int, command: bytes, dataset: bytes) -> None:
+        """A command and its data set as P-DATA-TF PDUs no longer than the peer takes."""
+        limit = self.peer_max_pdu - 6 if self.peer_max_pdu else len(command) + len(dataset)
+        out = bytearray()
+        for ctrl, payload in ((0x03, command), (0x00, dataset)):
+            pos = 0
+            while True:
+                frag = payload[pos:pos + max(limit, 1)]
+                pos += len(frag)
+                last = pos >= len(payload)
+                pdv = _PDV.pack(len(frag) + 2, ctx, ctrl | (0x02 if last else 0)) + frag
+                out += _HDR.pack(0x04, 0, len(pdv)) + pdv
+                if last:
+                    break
+        self.sock.sendall(out)
 
     def _respond(self, ctx: int, command: bytes) -> None:
         pdv = _PDV.pack(len(command) + 2, ctx, 0x03) + command
@@ -335,10 +419,10 @@ def _uid(value: str) -> bytes:
 
 
 def _response(field: int, msg_id: int, sop_class: str, sop_instance: str, status: int,
-              comment: str) -> bytes:
+              comment: str, data_set: int = NO_DATA_SET) -> bytes:
     body = _el(0x0002, _uid(sop_class)) + _el(0x0100, struct.pack("<H", field))
     body += _el(0x0120, struct.pack("<H", msg_id & 0xFFFF))
-    body += _el(0x0800, struct.pack("<H", NO_DATA_SET)) + _el(0x0900, struct.pack("<H", status))
+    body += _el(0x0800, struct.pack("<H", data_set)) + _el(0x0900, struct.pack("<H", status))
     if comment:
         c = comment.encode("ascii", "replace")[:64]
         body += _el(0x0902, c + b" " if len(c) % 2 else c)
@@ -367,3 +451,41 @@ def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, impl_uid:
     out = bytearray(128)
     out += b"DICM" + ex(0x0000, b"UL", struct.pack("<L", len(body))) + body
     return out
+
+
+class _CancelWatch:
+    """Whether a C-CANCEL-RQ for ``msg_id`` has arrived, read without waiting between two
+    C-FIND responses.  Anything else the peer sends meanwhile is a protocol error (we accept no
+    asynchronous operations): A-ABORT ends the association, the rest aborts it."""
+
+    def __init__(self, assoc: StorageAssociation, msg_id: int) -> None:
+        self.assoc = assoc
+        self.msg_id = msg_id
+        self.cancelled = False
+
+    def __call__(self) -> bool:
+        sock = self.assoc.sock
+        while not self.cancelled and select.select([sock], [], [], 0)[0]:
+            command = bytearray()
+            while True:  # one command, perhaps over several PDUs
+                ptype, body = self.assoc._read_pdu()
+                if ptype == 0x07:
+                    raise PeerAborted
+                if ptype != 0x04:
+                    raise Abort(f"PDU type 0x{ptype:02X} while a C-FIND was pending")
+                last = False
+                for _ctx, ctrl, frag in _pdvs(body):
+                    if not ctrl & 0x01:
+                        raise Abort("a data set arrived while a C-FIND was pending")
+                    command += frag
+                    last = bool(ctrl & 0x02)
+                if last:
+                    break
+            cmd = _decode_command(bytes(command))
+            if _us(cmd, 0x0100) != C_CANCEL_RQ:
+                raise Abort(f"DIMSE command 0x{_us(cmd, 0x0100):04X} while a C-FIND was "
+                            "pending (no asynchronous operations were negotiated)")
+            if _us(cmd, 0x0120) == self.msg_id:
+                self.cancelled = True
+        return self.cancelled
+

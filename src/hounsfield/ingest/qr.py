@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from pydicom import config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
@@ -155,26 +156,41 @@ def _response(req: FindRequest, values: dict[str, object], ae_title: str,
     ds.QueryRetrieveLevel = req.level
     wanted = list(dict.fromkeys([*req.requested, UNIQUE[req.level]]))
     for kw in wanted:
-        tag = tag_for_keyword(kw)
-        if tag is None:
+        tv = _tag_vr(kw)
+        if tv is None:
             continue
+        tag, vr = tv
         if kw in values:
             v = values[kw]
-            setattr(ds, kw, "" if v is None else v)
+            if " or " in vr:  # a VR that depends on other attributes: pydicom decides
+                setattr(ds, kw, "" if v is None else v)
+            else:  # the index's values, as they are (building elements the checked way
+                ds.add(DataElement(tag, vr, v, validation_mode=config.IGNORE))  # cost 2x)
         elif metadata is not None and f"{tag:08X}" in metadata and \
                 "BulkDataURI" not in metadata[f"{tag:08X}"]:
             try:
                 ds.add(DataElement.from_json(Dataset, f"{tag:08X}", metadata[f"{tag:08X}"]["vr"],
                                              metadata[f"{tag:08X}"].get("Value"), "Value"))
             except Exception:  # noqa: BLE001 - an odd stored value is returned empty
-                ds.add_new(tag, dictionary_VR(tag), None)
+                ds.add_new(tag, vr, None)
         elif kw == "RetrieveAETitle":
             ds.RetrieveAETitle = ae_title
         else:
-            ds.add_new(tag, dictionary_VR(tag), None)
+            ds.add_new(tag, vr, None)
     if "RetrieveAETitle" not in ds:
         ds.RetrieveAETitle = ae_title
     return ds
+
+
+_TAG_VR: dict[str, tuple[int, str] | None] = {}
+
+
+def _tag_vr(keyword: str) -> tuple[int, str] | None:
+    """The tag and dictionary VR of ``keyword`` (``None`` when it is not a DICOM keyword)."""
+    if keyword not in _TAG_VR:
+        tag = tag_for_keyword(keyword)
+        _TAG_VR[keyword] = (tag, dictionary_VR(tag)) if tag is not None else None
+    return _TAG_VR[keyword]
 
 
 def select_instances(s: Session, req: FindRequest) -> list[Instance]:

@@ -19,7 +19,7 @@ import socketserver
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -130,7 +130,8 @@ class DicomNode:
         self._lock = threading.Lock()
         self._lean_sockets: set[socket.socket] = set()
         self.lean_associations = 0  # connections served on the lean path (for tests, stats)
-        self._lean_syntaxes = {str(s) for s in STORAGE_SOP_CLASSES} | {str(Verification)}
+        self._lean_syntaxes = ({str(s) for s in STORAGE_SOP_CLASSES} | {str(Verification)}
+                               | set(_FIND))
         self.ae = self._make_ae()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -276,13 +277,17 @@ class DicomNode:
         return _status(code, comment)
 
     def _store_part10(self, data: bytes, sop_class: str, sop: str, peer: str,
-                      lg: _AssocLog) -> tuple[int, str]:
-        """Check and durably store one C-STORE data set (Part 10 bytes); the response status
-        and ErrorComment (PS3.4 B.2.3).  Never raises."""
+                      lg: _AssocLog, sha256: str | None = None) -> tuple[int, str]:
+        """Check and durably store one C-STORE data set (Part 10 bytes, and their SHA-256 when
+        the caller hashed them already); the response status and ErrorComment (PS3.4 B.2.3).
+        Never raises."""
         study, patient = "", ""
         try:
-            digest = _HASHER.submit(_sha256, data)  # on another core while this thread parses
-            parsed = parse_part10(data, name=f"C-STORE {sop}", sha256=digest.result,
+            if sha256 is None:  # on another core while this thread parses
+                digest = _HASHER.submit(_sha256, data).result
+            else:
+                digest = sha256.__str__
+            parsed = parse_part10(data, name=f"C-STORE {sop}", sha256=digest,
                                   defer_json=True)
             study, patient = parsed.study_instance_uid, parsed.patient["patient_id"]
             if parsed.sop_instance_uid != sop:
@@ -345,8 +350,10 @@ class DicomNode:
             sock, implementation_uid=str(self.ae.implementation_class_uid),
             implementation_version=self.ae.implementation_version_name or "",
             max_pdu=d.max_pdu, network_timeout=d.network_timeout_s,
-            store=lambda data, sop_class, sop: self._store_part10(data, sop_class, sop,
-                                                                  lg.source, lg))
+            store=lambda data, sop_class, sop, sha256: self._store_part10(
+                data, sop_class, sop, lg.source, lg, sha256),
+            find=lambda identifier, sop_class, cancelled: self.find_responses(
+                identifier, sop_class, lg, cancelled))
         ok, why = admit(self.settings, calling, str(prim.called_ae_title), host)
         if not ok:
             log.warning("association from %s@%s rejected: %s", calling, host, why)
@@ -375,17 +382,27 @@ class DicomNode:
 
     # -- C-FIND (PS3.4 C.4.1) ---------------------------------------------------------------
     def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
-        assoc = event.assoc
-        model = _FIND.get(str(event.request.AffectedSOPClassUID), qr.STUDY_ROOT)
+        for code, comment, ds in self.find_responses(
+                lambda: event.identifier, str(event.request.AffectedSOPClassUID),
+                self._log(event.assoc), lambda: event.is_cancelled):
+            yield (_status(code, comment) if comment else code), ds
+
+    def find_responses(self, identifier: Callable[[], Dataset], sop_class: str, lg: _AssocLog,
+                       cancelled: Callable[[], bool]) -> Iterator[tuple[int, str, Dataset | None]]:
+        """A C-FIND's responses (PS3.4 C.4.1.2 / C.4.1.3): ``(status, error comment, identifier
+        or None)`` — pending ones with their match, then the final one.  ``identifier`` decodes
+        the request's identifier (its failure is a status); ``cancelled`` says whether a
+        C-CANCEL-RQ arrived (checked before every match).  Both DIMSE paths use it."""
+        model = _FIND.get(sop_class, qr.STUDY_ROOT)
         try:
-            req = qr.parse_identifier(event.identifier, model)
+            req = qr.parse_identifier(identifier(), model)
         except HounsfieldError as exc:
-            self._audit_query(assoc, "", False, exc.reason)
-            yield _status(st.QR_IDENTIFIER_MISMATCH, exc.reason), None
+            self._audit_query(lg, "", False, exc.reason)
+            yield st.QR_IDENTIFIER_MISMATCH, exc.reason, None
             return
         except Exception as exc:  # noqa: BLE001 - undecodable identifier
-            self._audit_query(assoc, "", False, repr(exc))
-            yield _status(st.QR_UNABLE_TO_PROCESS, f"cannot read identifier: {exc}"), None
+            self._audit_query(lg, "", False, repr(exc))
+            yield st.QR_UNABLE_TO_PROCESS, f"cannot read identifier: {exc}", None
             return
         detail = f"{req.level} {req.filters}"
         pending = st.PENDING_WARNING if req.unknown_matching else st.PENDING
@@ -394,21 +411,22 @@ class DicomNode:
             with self.archive.session() as s:
                 for ds in qr.find(s, req, ae_title=self.settings.dicom.ae_title,
                                   case_insensitive_pn=self.settings.dicom.case_insensitive_pn):
-                    if event.is_cancelled:
-                        yield st.CANCEL, None
-                        self._audit_query(assoc, detail + f" cancelled after {n}", True)
+                    if cancelled():
+                        yield st.CANCEL, "", None
+                        self._audit_query(lg, detail + f" cancelled after {n}", True)
                         return
                     n += 1
-                    yield pending, ds
+                    yield pending, "", ds
         except HounsfieldError as exc:
-            self._audit_query(assoc, detail, False, exc.reason)
-            yield _status(st.QR_UNABLE_TO_PROCESS, exc.reason), None
+            self._audit_query(lg, detail, False, exc.reason)
+            yield st.QR_UNABLE_TO_PROCESS, exc.reason, None
             return
-        self._audit_query(assoc, f"{detail}: {n} matches", True)
-        yield st.SUCCESS, None
+        self._audit_query(lg, f"{detail}: {n} matches", True)
+        yield st.SUCCESS, "", None
 
-    def _audit_query(self, assoc: Association, detail: str, ok: bool, reason: str = "") -> None:
-        self._log(assoc).add(audit.Action.C_FIND, "", "", ok, reason or detail[:200])
+    @staticmethod
+    def _audit_query(lg: _AssocLog, detail: str, ok: bool, reason: str = "") -> None:
+        lg.add(audit.Action.C_FIND, "", "", ok, reason or detail[:200])
 
     # -- C-MOVE (PS3.4 C.4.2) / C-GET (PS3.4 C.4.3) -----------------------------------------
     def _select(self, event: evt.Event) -> tuple[list, str]:

@@ -26,15 +26,18 @@ def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
-def detect(archive: Archive, *, quiet_s: float | None = None, now: datetime | None = None
-           ) -> list[StableEvent]:
+def detect(archive: Archive, *, quiet_s: float | None = None, now: datetime | None = None,
+           since: datetime | None = None) -> list[StableEvent]:
     """Record a :class:`StableEvent` for every series and study quiet for ``quiet_s``.
 
     Returns the new events (series first, then studies).  Idempotent: an event already recorded
-    for the same ``last_received_at`` is not recorded again.
+    for the same ``last_received_at`` is not recorded again.  ``since``: only series and
+    studies that received something after it (a monitor's later passes; the first pass after
+    a start looks at everything).
     """
     quiet = quiet_s if quiet_s is not None else archive.settings.dicom.stable_after_s
     cutoff = (now or utcnow()) - timedelta(seconds=quiet)
+    floor = since if since is not None else datetime.min.replace(tzinfo=timezone.utc)
     new: list[StableEvent] = []
     with archive.session() as s:
         series_rows = s.execute(
@@ -42,7 +45,7 @@ def detect(archive: Archive, *, quiet_s: float | None = None, now: datetime | No
                    select(func.count(Instance.id)).where(Instance.series_pk == Series.id)
                    .scalar_subquery())
             .join(Series.study)
-            .where(Series.last_received_at <= cutoff)
+            .where(Series.last_received_at <= cutoff, Series.last_received_at > floor)
             .where(~exists().where(and_(StableEvent.level == "SERIES",
                                         StableEvent.uid == Series.series_instance_uid,
                                         StableEvent.last_received_at >= Series.last_received_at)))
@@ -51,7 +54,7 @@ def detect(archive: Archive, *, quiet_s: float | None = None, now: datetime | No
             select(Study.study_instance_uid, Study.last_received_at,
                    select(func.count(Instance.id)).join(Instance.series)
                    .where(Series.study_pk == Study.id).scalar_subquery())
-            .where(Study.last_received_at <= cutoff)
+            .where(Study.last_received_at <= cutoff, Study.last_received_at > floor)
             .where(~exists().where(and_(StableEvent.level == "STUDY",
                                         StableEvent.uid == Study.study_instance_uid,
                                         StableEvent.last_received_at >= Study.last_received_at)))
@@ -94,7 +97,9 @@ def stable_state(archive: Archive, study_uids: list[str]) -> dict[str, datetime 
 
 
 class StableMonitor:
-    """Background thread running :func:`detect` every ``interval`` seconds."""
+    """Background thread running :func:`detect` every ``interval`` seconds; after its first
+    pass it looks only at series and studies that received something lately, so a pass costs
+    the same on an archive of a million series as on an empty one."""
 
     def __init__(self, archive: Archive, *, interval: float | None = None) -> None:
         self.archive = archive
@@ -114,9 +119,18 @@ class StableMonitor:
             self._thread.join(timeout=30)
             self._thread = None
 
+    # a pass looks back this far before the previous pass's cutoff: a row whose commit became
+    # visible after that pass, although its timestamp was taken before it, is still seen
+    LOOKBACK = timedelta(seconds=60)
+
     def _run(self) -> None:
+        since: datetime | None = None  # the first pass catches up on everything
         while not self._stop.wait(self.interval):
+            started = utcnow()
             try:
-                detect(self.archive)
+                detect(self.archive, since=since)
             except Exception as exc:  # noqa: BLE001 - keep monitoring; the next pass retries
                 log.warning("stable detection failed: %s", exc)
+                continue
+            quiet = self.archive.settings.dicom.stable_after_s
+            since = started - timedelta(seconds=quiet) - self.LOOKBACK
