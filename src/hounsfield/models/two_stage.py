@@ -109,9 +109,14 @@ def merge_detections(centres_zyx: np.ndarray, diam_mm: np.ndarray, probs: np.nda
     more probable kept one is the same finding (candidates of several scales on one nodule)."""
     order = np.argsort(-probs, kind="stable")
     kept: list[int] = []
-    pts = centres_zyx * spacing_zyx
+    pts = np.asarray(centres_zyx, dtype=np.float64) * spacing_zyx
+    kpts = np.empty((len(order), 3))
+    krad = np.empty(len(order))
     for i in order:
-        if any(np.linalg.norm(pts[i] - pts[j]) < max(diam_mm[j] / 2, 2.0) for j in kept):
+        n = len(kept)
+        if n and (np.sqrt(((kpts[:n] - pts[i]) ** 2).sum(axis=1)) < krad[:n]).any():
             continue
+        kpts[n] = pts[i]
+        krad[n] = max(diam_mm[i] / 2, 2.0)
         kept.append(int(i))
     return np.asarray(kept, dtype=int)
