@@ -11,6 +11,7 @@ from hounsfield.models.detector import NetworkSpec, build_network
 from hounsfield.models.two_stage import extract_patch, extract_patches, merge_detections
 from hounsfield.models.volume import Volume
 from hounsfield.train.data import PreparedVolume
+from hounsfield.train.recipe import Augment
 from hounsfield.train.two_stage import CandidatePatchDataset, label_candidates
 
 SP = (1.4, 1.4, 2.0)  # x, y, z mm
@@ -115,3 +116,25 @@ def test_patch_classifier_scores_a_batch() -> None:
     out = net(torch.rand(3, 1, 8, 16, 16))
     assert out.shape == (3,)
     assert torch.allclose(torch.sigmoid(net.head[-1].bias), torch.tensor(0.1192), atol=1e-3)
+
+
+def test_hard_negative_mining_and_candidate_positives() -> None:
+    arr, spheres = chest()
+    vol = Volume(arr, SP, (0.0, 0.0, 0.0), np.eye(3))
+    pv = PreparedVolume(vol, np.array([s[0] for s in spheres], float),
+                        np.array([s[1] for s in spheres], np.float32))
+    cands = find_candidates(arr, SP, CandidateSpec(diameters_mm=(4.5, 9.5), max_candidates=40))
+    aug = Augment(intensity=0.1, noise=0.01, candidate_positives=1.0)
+    ds = CandidatePatchDataset([pv], [cands], (8, 16, 16), patches_per_volume=32,
+                               positive_fraction=0.5, seed=3, augment=aug, hard_fraction=1.0)
+    # every nodule has a stage-1 candidate within its radius to centre positives on
+    assert all(len(c) for c in ds.pos_cands)
+    net = build_network(NetworkSpec(name="patch_cnn", features=(4, 4, 8, 8, 8, 0))).eval()
+    pool = ds.mine(net, sample=10, pool=3, seed=0)
+    assert len(pool) == 3 and len(set(pool.tolist())) == 3
+    assert pool.max() < len(ds.neg)
+    # the same weights and seed give the same pool (every DDP rank agrees)
+    np.testing.assert_array_equal(pool, ds.mine(net, sample=10, pool=3, seed=0))
+    ds.set_hard(pool)
+    negs = [ds[i] for i in range(len(ds)) if float(ds[i]["label"]) == 0]
+    assert negs and all(torch.isfinite(n["image"]).all() for n in negs)

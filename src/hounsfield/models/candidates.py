@@ -38,6 +38,13 @@ class CandidateSpec(BaseModel):
     per_scale: tuple[int, ...] | None = Field(
         default=None, description="candidates kept per scale (aligned with diameters_mm): small "
         "scales need many more — vessel crossings and ends look like small blobs too")
+    faint_clip_hu: float | None = Field(
+        default=None, description="a second pass of the blob filter on the image clipped at "
+        "this (lower) HU, for faint ground-glass nodules: vessels then answer no stronger than "
+        "ground glass does")
+    faint_per_scale: tuple[int, ...] | None = Field(
+        default=None, description="candidates the faint pass adds per scale (aligned with "
+        "diameters_mm; 0 = that scale skips the second pass)")
     merge_mm: float = Field(default=3.0, ge=0, description="peaks of one scale closer than this "
                             "(or the scale's radius) are one candidate")
 
@@ -45,6 +52,10 @@ class CandidateSpec(BaseModel):
     def _aligned(self) -> "CandidateSpec":
         if self.per_scale is not None and len(self.per_scale) != len(self.diameters_mm):
             raise ValueError("per_scale needs one count per entry of diameters_mm")
+        if self.faint_per_scale is not None and len(self.faint_per_scale) != len(self.diameters_mm):
+            raise ValueError("faint_per_scale needs one count per entry of diameters_mm")
+        if (self.faint_clip_hu is None) != (self.faint_per_scale is None):
+            raise ValueError("faint_clip_hu and faint_per_scale go together")
         return self
 
 
@@ -99,34 +110,67 @@ def _ellipsoid(r: list[int]) -> np.ndarray:
 
 def find_candidates(array: np.ndarray, spacing_xyz: tuple[float, float, float],
                     spec: CandidateSpec, *, hu_min: float = -1000.0,
-                    hu_max: float = 400.0) -> Candidates:
-    """Multi-scale LoG blob candidates inside the lungs of a preprocessed volume."""
+                    hu_max: float = 400.0, passes: tuple[str, ...] = ("base", "faint")
+                    ) -> Candidates:
+    """Multi-scale blob candidates inside the lungs of a preprocessed volume: the ``base`` pass
+    (image clipped at ``clip_hu``) and, when configured, the ``faint`` pass (clipped lower)."""
     img = np.asarray(array, dtype=np.float32)
     mask = lung_mask(img, spacing_xyz, spec, hu_min, hu_max)
-    if spec.clip_hu is not None:
-        img = np.minimum(img, np.float32((spec.clip_hu - hu_min) / (hu_max - hu_min)))
     sp_zyx = np.array([spacing_xyz[2], spacing_xyz[1], spacing_xyz[0]], dtype=np.float32)
     quota = spec.per_scale or (max(1, spec.max_candidates // len(spec.diameters_mm)),) * \
         len(spec.diameters_mm)
-    zyx, diam, resp_all = [], [], []
-    for d, per_scale in zip(spec.diameters_mm, quota):
-        # peaks of each scale separately, the strongest ``per_scale`` of each: responses of
-        # different scales are not comparable enough to rank small nodules against big vessels
-        sig_mm = d / (2 * np.sqrt(3.0))
-        sig = np.maximum(sig_mm / sp_zyx, 0.5)
-        resp = dot_response(img, sig, sp_zyx, mask) * np.float32(sig_mm ** 2)
-        rad = max(spec.merge_mm, d / 2)
-        size = [max(3, 2 * int(round(rad / s)) + 1) for s in sp_zyx]
-        peaks = (resp == ndimage.maximum_filter(resp, size=size, mode="nearest")) & \
-            (resp >= spec.min_response)
-        idx = np.argwhere(peaks)
-        r = resp[tuple(idx.T)]
-        order = np.argsort(-r, kind="stable")[:per_scale]
-        zyx.append(idx[order].astype(np.float64))
-        diam.append(np.full(len(order), d))
-        resp_all.append(r[order].astype(np.float64))
-    zyx_a = np.concatenate(zyx) if zyx else np.zeros((0, 3))
-    return Candidates(zyx_a, np.concatenate(diam), np.concatenate(resp_all))
+    todo = []
+    if "base" in passes:
+        todo.append((spec.clip_hu, quota))
+    if "faint" in passes and spec.faint_clip_hu is not None and spec.faint_per_scale is not None:
+        todo.append((spec.faint_clip_hu, spec.faint_per_scale))
+    out = Candidates(np.zeros((0, 3)), np.zeros(0), np.zeros(0))
+    for clip, counts in todo:
+        im = img if clip is None else np.minimum(img, np.float32((clip - hu_min) / (hu_max - hu_min)))
+        zyx, diam, resp_all = [np.zeros((0, 3))], [np.zeros(0)], [np.zeros(0)]
+        for d, per_scale in zip(spec.diameters_mm, counts):
+            if per_scale <= 0:
+                continue
+            z, r = _scale_peaks(im, d, per_scale, sp_zyx, mask, spec)
+            zyx.append(z)
+            diam.append(np.full(len(r), d))
+            resp_all.append(r)
+        out = merge_passes(out, Candidates(np.concatenate(zyx), np.concatenate(diam),
+                                           np.concatenate(resp_all)))
+    return out
+
+
+def merge_passes(first: Candidates, second: Candidates) -> Candidates:
+    """``first`` then the candidates of ``second`` that ``first`` lacks (same voxel and scale:
+    a peak both passes found is one candidate)."""
+    if not len(first):
+        return second
+    seen = {(int(p[0]), int(p[1]), int(p[2]), float(d))
+            for p, d in zip(np.round(first.zyx).astype(int), first.diameter_mm)}
+    keep = np.array([(int(p[0]), int(p[1]), int(p[2]), float(d)) not in seen
+                     for p, d in zip(np.round(second.zyx).astype(int), second.diameter_mm)],
+                    dtype=bool).reshape(-1)
+    return Candidates(np.concatenate([first.zyx, second.zyx[keep]]),
+                      np.concatenate([first.diameter_mm, second.diameter_mm[keep]]),
+                      np.concatenate([first.response, second.response[keep]]))
+
+
+def _scale_peaks(img: np.ndarray, d: float, per_scale: int, sp_zyx: np.ndarray,
+                 mask: np.ndarray, spec: CandidateSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The strongest ``per_scale`` local maxima of the blob filter at diameter ``d``: peaks of
+    each scale separately — responses of different scales are not comparable enough to rank
+    small nodules against big vessels."""
+    sig_mm = d / (2 * np.sqrt(3.0))
+    sig = np.maximum(sig_mm / sp_zyx, 0.5)
+    resp = dot_response(img, sig, sp_zyx, mask) * np.float32(sig_mm ** 2)
+    rad = max(spec.merge_mm, d / 2)
+    size = [max(3, 2 * int(round(rad / s)) + 1) for s in sp_zyx]
+    peaks = (resp == ndimage.maximum_filter(resp, size=size, mode="nearest")) & \
+        (resp >= spec.min_response)
+    idx = np.argwhere(peaks)
+    r = resp[tuple(idx.T)]
+    order = np.argsort(-r, kind="stable")[:per_scale]
+    return idx[order].astype(np.float64), r[order].astype(np.float64)
 
 
 def dot_response(img: np.ndarray, sigma_vox: np.ndarray, sp_zyx: np.ndarray,

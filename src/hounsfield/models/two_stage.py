@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hounsfield.models.candidates import Candidates, CandidateSpec, find_candidates, refine_centres
+from hounsfield.models.candidates import (Candidates, CandidateSpec, find_candidates,
+                                          merge_passes, refine_centres)
 
 
 def extract_patch(array: np.ndarray, centre_zyx, patch: tuple[int, int, int]) -> np.ndarray:
@@ -59,23 +60,47 @@ def classify(net: torch.nn.Module, array: np.ndarray, centres_zyx: np.ndarray,
 
 
 def spec_key(spec: CandidateSpec) -> str:
-    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:12]
+    """The candidate cache's key of ``spec`` (without the faint pass when there is none, so
+    caches made before it existed stay valid)."""
+    ex = {"faint_clip_hu", "faint_per_scale"} if spec.faint_clip_hu is None else set()
+    return hashlib.sha256(spec.model_dump_json(exclude=ex).encode()).hexdigest()[:12]
+
+
+def base_spec(spec: CandidateSpec) -> CandidateSpec:
+    """``spec`` without its faint pass."""
+    return spec.model_copy(update={"faint_clip_hu": None, "faint_per_scale": None})
 
 
 def cached_candidates(array: np.ndarray, spacing_xyz, spec: CandidateSpec, *, hu_min: float,
                       hu_max: float, cache_file: Path | None = None) -> Candidates:
     """:func:`find_candidates` (cached in ``cache_file``, npz, when given), then
-    :func:`refine_centres`."""
+    :func:`refine_centres`.  With a faint pass, the base pass is cached under its own spec's
+    key (shared with models that lack the faint pass) and ``cache_file`` holds the faint
+    pass's additions."""
+    if spec.faint_clip_hu is None:
+        return refine_centres(array, _cached_pass(array, spacing_xyz, spec, ("base", "faint"),
+                                                  hu_min, hu_max, cache_file))
+    b = base_spec(spec)
+    bf = (cache_file.parent.parent / f"cand-{spec_key(b)}" / cache_file.name
+          if cache_file is not None else None)
+    first = _cached_pass(array, spacing_xyz, b, ("base",), hu_min, hu_max, bf)
+    second = _cached_pass(array, spacing_xyz, spec, ("faint",), hu_min, hu_max, cache_file)
+    return refine_centres(array, merge_passes(first, second))
+
+
+def _cached_pass(array, spacing_xyz, spec: CandidateSpec, passes: tuple[str, ...],
+                 hu_min: float, hu_max: float, cache_file: Path | None) -> Candidates:
     if cache_file is not None and cache_file.is_file():
         z = np.load(cache_file)
-        return refine_centres(array, Candidates(z["zyx"], z["diameter_mm"], z["response"]))
-    c = find_candidates(array, tuple(spacing_xyz), spec, hu_min=hu_min, hu_max=hu_max)
+        return Candidates(z["zyx"], z["diameter_mm"], z["response"])
+    c = find_candidates(array, tuple(spacing_xyz), spec, hu_min=hu_min, hu_max=hu_max,
+                        passes=passes)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.tmp.npz")
         np.savez(tmp, zyx=c.zyx, diameter_mm=c.diameter_mm, response=c.response)
         tmp.replace(cache_file)
-    return refine_centres(array, c)
+    return c
 
 
 def merge_detections(centres_zyx: np.ndarray, diam_mm: np.ndarray, probs: np.ndarray,
@@ -84,9 +109,14 @@ def merge_detections(centres_zyx: np.ndarray, diam_mm: np.ndarray, probs: np.nda
     more probable kept one is the same finding (candidates of several scales on one nodule)."""
     order = np.argsort(-probs, kind="stable")
     kept: list[int] = []
-    pts = centres_zyx * spacing_zyx
+    pts = np.asarray(centres_zyx, dtype=np.float64) * spacing_zyx
+    kpts = np.empty((len(order), 3))
+    krad = np.empty(len(order))
     for i in order:
-        if any(np.linalg.norm(pts[i] - pts[j]) < max(diam_mm[j] / 2, 2.0) for j in kept):
+        n = len(kept)
+        if n and (np.sqrt(((kpts[:n] - pts[i]) ** 2).sum(axis=1)) < krad[:n]).any():
             continue
+        kpts[n] = pts[i]
+        krad[n] = max(diam_mm[i] / 2, 2.0)
         kept.append(int(i))
     return np.asarray(kept, dtype=int)

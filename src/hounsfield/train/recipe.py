@@ -42,6 +42,28 @@ class Validation(Strict):
     max_volumes: int = Field(default=0, ge=0, description="0 = all validation series")
 
 
+class HardNegatives(Strict):
+    """Hard-negative mining for the two-stage classifier: every ``every_n_epochs`` the current
+    network scores ``sample`` random training negatives (and the previous pool); the ``pool``
+    highest-scoring form the hard pool, from which ``fraction`` of the negatives are drawn."""
+
+    fraction: float = Field(default=0.0, ge=0, le=1, description="0 = off")
+    sample: int = Field(default=4000, ge=1)
+    pool: int = Field(default=2000, ge=1)
+    every_n_epochs: int = Field(default=1, ge=1)
+
+
+class Augment(Strict):
+    """Extra augmentation of the two-stage classifier's patches (0 = off)."""
+
+    intensity: float = Field(default=0.0, ge=0, le=0.5, description="contrast scale and "
+                             "offset: x * (1 + N(0, s)) + N(0, s / 4), per patch")
+    noise: float = Field(default=0.0, ge=0, le=0.5, description="Gaussian noise std")
+    candidate_positives: float = Field(default=0.0, ge=0, le=1, description="share of "
+                                       "positives centred on a stage-1 candidate that hits the "
+                                       "nodule (as at inference) instead of the shifted truth")
+
+
 class Inference(Strict):
     roi: tuple[int, int, int] = (64, 128, 128)
     overlap: float = Field(default=0.25, ge=0, lt=1)
@@ -74,6 +96,8 @@ class Recipe(Strict):
     early_stopping: EarlyStop = Field(default_factory=EarlyStop)
     validation: Validation = Field(default_factory=Validation)
     inference: Inference = Field(default_factory=Inference)
+    hard_negatives: HardNegatives = Field(default_factory=HardNegatives)
+    augment: Augment = Field(default_factory=Augment)
     size_loss_weight: float = Field(default=0.1, ge=0)
     gradient_clip: float = Field(default=12.0, gt=0, description="max gradient norm (nnU-Net's)")
     seed: int = 0

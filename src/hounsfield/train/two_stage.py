@@ -24,7 +24,7 @@ from hounsfield.models.two_stage import (cached_candidates, classify, extract_pa
                                          merge_detections, spec_key)
 from hounsfield.train.data import PreparedVolume
 from hounsfield.train.module import FiniteGradients, epoch_loader
-from hounsfield.train.recipe import Recipe
+from hounsfield.train.recipe import Augment, Recipe
 
 
 def volume_candidates(volumes: list[PreparedVolume], recipe: Recipe,
@@ -60,20 +60,39 @@ class CandidatePatchDataset(Dataset):
 
     def __init__(self, volumes: list[PreparedVolume], cands: list[Candidates],
                  patch: tuple[int, int, int], *, patches_per_volume: int,
-                 positive_fraction: float, seed: int) -> None:
+                 positive_fraction: float, seed: int, augment: Augment | None = None,
+                 hard_fraction: float = 0.0) -> None:
         self.volumes = volumes
         self.patch = tuple(int(v) for v in patch)
         self.n = len(volumes) * patches_per_volume
         self.pos_frac = positive_fraction
         self.seed = seed
         self.epoch = 0
+        self.augment = augment or Augment()
+        self.hard_fraction = hard_fraction
+        self.hard: np.ndarray = np.zeros(0, dtype=np.int64)  # indices into self.neg
         self.pos = [(v, c, float(d)) for v, pv in enumerate(volumes)
                     for c, d in zip(pv.centres_zyx, pv.diameters_mm)]
-        self.neg = [(v, c) for v, (pv, cs) in enumerate(zip(volumes, cands))
-                    for c, lab in zip(cs.zyx, label_candidates(pv, cs)) if lab == 0]
+        self.neg = []
+        # per positive: the stage-1 candidates that hit it (centred as at inference)
+        self.pos_cands: list[list[np.ndarray]] = [[] for _ in self.pos]
+        first = 0
+        for v, (pv, cs) in enumerate(zip(volumes, cands)):
+            labels = label_candidates(pv, cs)
+            self.neg += [(v, c) for c, lab in zip(cs.zyx, labels) if lab == 0]
+            if len(pv.centres_zyx) and len(cs):
+                sp = np.asarray(pv.volume.spacing[::-1])
+                d = np.linalg.norm((cs.zyx[:, None, :] - pv.centres_zyx[None]) * sp, axis=2)
+                for j, r in enumerate(pv.diameters_mm / 2):
+                    self.pos_cands[first + j] = list(cs.zyx[d[:, j] <= r])
+            first += len(pv.centres_zyx)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_hard(self, indices: np.ndarray) -> None:
+        """The hard-negative pool (indices into the negatives), from :meth:`mine`."""
+        self.hard = np.asarray(indices, dtype=np.int64)
 
     def __len__(self) -> int:
         return self.n
@@ -81,13 +100,22 @@ class CandidatePatchDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, i])
         positive = bool(self.pos) and (rng.random() < self.pos_frac or not self.neg)
+        aug = self.augment
         if positive:
-            v, c, d = self.pos[rng.integers(len(self.pos))]
-            sp = np.asarray(self.volumes[v].volume.spacing[::-1])
-            shift = rng.uniform(-1, 1, 3) * np.minimum(d / 3 / sp, 2.0)
-            centre = np.asarray(c) + shift
+            k = int(rng.integers(len(self.pos)))
+            v, c, d = self.pos[k]
+            if aug.candidate_positives and self.pos_cands[k] and \
+                    rng.random() < aug.candidate_positives:
+                centre = np.asarray(self.pos_cands[k][rng.integers(len(self.pos_cands[k]))])
+            else:
+                sp = np.asarray(self.volumes[v].volume.spacing[::-1])
+                shift = rng.uniform(-1, 1, 3) * np.minimum(d / 3 / sp, 2.0)
+                centre = np.asarray(c) + shift
         else:
-            v, c = self.neg[rng.integers(len(self.neg))]
+            if self.hard_fraction and len(self.hard) and rng.random() < self.hard_fraction:
+                v, c = self.neg[int(self.hard[rng.integers(len(self.hard))])]
+            else:
+                v, c = self.neg[rng.integers(len(self.neg))]
             centre = np.asarray(c) + rng.integers(-1, 2, 3)
         img = extract_patch(self.volumes[v].volume.array, centre, self.patch)
         for ax in range(3):
@@ -95,8 +123,32 @@ class CandidatePatchDataset(Dataset):
                 img = img[(slice(None),) * ax + (slice(None, None, -1),)]
         if self.patch[1] == self.patch[2]:
             img = np.rot90(img, int(rng.integers(4)), axes=(1, 2))
-        return {"image": torch.from_numpy(np.ascontiguousarray(img))[None],
+        if aug.intensity:
+            img = img * np.float32(1 + rng.normal(0, aug.intensity)) + \
+                np.float32(rng.normal(0, aug.intensity / 4))
+        if aug.noise:
+            img = img + rng.normal(0, aug.noise, img.shape).astype(np.float32)
+        return {"image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None],
                 "label": torch.tensor(float(positive))}
+
+    def mine(self, net: torch.nn.Module, *, sample: int, pool: int, seed: int,
+             batch_size: int = 256) -> np.ndarray:
+        """Score ``sample`` random negatives plus the current hard pool with ``net``; return the
+        ``pool`` highest-scoring (deterministic given the seed and the weights, so every DDP
+        rank finds the same pool)."""
+        rng = np.random.default_rng([seed, self.epoch, 7919])
+        n = len(self.neg)
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        idx = np.union1d(rng.choice(n, size=min(sample, n), replace=False), self.hard)
+        scores = np.empty(len(idx))
+        for v in np.unique([self.neg[int(i)][0] for i in idx]):
+            mine_v = [j for j, i in enumerate(idx) if self.neg[int(i)][0] == v]
+            centres = np.array([self.neg[int(idx[j])][1] for j in mine_v])
+            scores[mine_v] = classify(net, self.volumes[v].volume.array, centres, self.patch,
+                                      batch_size=batch_size)
+        order = np.argsort(-scores, kind="stable")[:pool]
+        return idx[order]
 
 
 def detect(net, pv: PreparedVolume, cands: Candidates, recipe: Recipe,
@@ -127,14 +179,31 @@ class CandidateClassifierModule(FiniteGradients, L.LightningModule):
         self.val_cands = volume_candidates(val_volumes, recipe, cache_dir)
         self.lr = lr or recipe.optimizer.lr
         self._val_dets: list[Detection] = []
+        self._hard = np.zeros(0, dtype=np.int64)
         self.save_hyperparameters({"recipe": recipe.model_dump(mode="json"), "lr": self.lr})
 
     def train_dataloader(self) -> DataLoader:
         r = self.recipe
-        return epoch_loader(self, CandidatePatchDataset(
+        self._train_ds = CandidatePatchDataset(
             self.train_volumes, self.train_cands, r.patch,
             patches_per_volume=r.patches_per_volume, positive_fraction=r.positive_fraction,
-            seed=r.seed))
+            seed=r.seed, augment=r.augment, hard_fraction=r.hard_negatives.fraction)
+        self._train_ds.set_hard(self._hard)
+        return epoch_loader(self, self._train_ds)
+
+    def on_train_epoch_start(self) -> None:
+        hn = self.recipe.hard_negatives
+        ds = getattr(self, "_train_ds", None)
+        ep = self.current_epoch
+        if not hn.fraction or ds is None or ep == 0 or ep % hn.every_n_epochs:
+            return
+        was = self.net.training
+        self.net.eval()
+        ds.set_epoch(ep)
+        self._hard = ds.mine(self.net, sample=hn.sample, pool=hn.pool, seed=self.recipe.seed,
+                             batch_size=self.recipe.inference.batch_size)
+        ds.set_hard(self._hard)
+        self.net.train(was)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(list(range(len(self.val_volumes))), batch_size=1)
