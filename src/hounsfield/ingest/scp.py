@@ -375,7 +375,7 @@ class DicomNode:
             return
         try:
             how = sa.serve(acc)
-            log.info("storage association from %s %s after %d instances", lg.source, how,
+            log.info("association from %s %s after %d instances stored", lg.source, how,
                      sa.stored)
         finally:
             self._flush(lg)
