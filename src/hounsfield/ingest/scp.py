@@ -331,7 +331,7 @@ class DicomNode:
         try:
             self._serve_lean(sock, rq, address[0])
         except Exception as exc:  # noqa: BLE001 - one broken association never stops the node
-            log.error("storage association from %s failed: %r", address[0], exc)
+            log.error("association from %s failed: %r", address[0], exc)
         finally:
             with self._lock:
                 self._lean_sockets.discard(sock)
