@@ -94,12 +94,18 @@ def test_labels_and_nms() -> None:
     assert keep.tolist() == [0, 2]  # within the 5 mm radius of the most probable one
 
 
-def test_patch_dataset_is_deterministic_and_balanced() -> None:
+def _prepared_chest(max_candidates: int):  # noqa: ANN202
+    """The phantom chest as a prepared volume with its nodule truth, and its candidates."""
     arr, spheres = chest()
     vol = Volume(arr, SP, (0.0, 0.0, 0.0), np.eye(3))
     pv = PreparedVolume(vol, np.array([s[0] for s in spheres], float),
                         np.array([s[1] for s in spheres], np.float32))
-    cands = find_candidates(arr, SP, CandidateSpec(diameters_mm=(4.5, 9.5), max_candidates=30))
+    spec = CandidateSpec(diameters_mm=(4.5, 9.5), max_candidates=max_candidates)
+    return pv, find_candidates(arr, SP, spec)
+
+
+def test_patch_dataset_is_deterministic_and_balanced() -> None:
+    pv, cands = _prepared_chest(30)
     ds = CandidatePatchDataset([pv], [cands], (8, 16, 16), patches_per_volume=64,
                                positive_fraction=0.5, seed=3)
     items = [ds[i] for i in range(len(ds))]
@@ -119,11 +125,7 @@ def test_patch_classifier_scores_a_batch() -> None:
 
 
 def test_hard_negative_mining_and_candidate_positives() -> None:
-    arr, spheres = chest()
-    vol = Volume(arr, SP, (0.0, 0.0, 0.0), np.eye(3))
-    pv = PreparedVolume(vol, np.array([s[0] for s in spheres], float),
-                        np.array([s[1] for s in spheres], np.float32))
-    cands = find_candidates(arr, SP, CandidateSpec(diameters_mm=(4.5, 9.5), max_candidates=40))
+    pv, cands = _prepared_chest(40)
     aug = Augment(intensity=0.1, noise=0.01, candidate_positives=1.0)
     ds = CandidatePatchDataset([pv], [cands], (8, 16, 16), patches_per_volume=32,
                                positive_fraction=0.5, seed=3, augment=aug, hard_fraction=1.0)

@@ -29,7 +29,8 @@ from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
 )
 
-from hounsfield.dicom.json_model import character_set, dataset_to_json, raw_json, value_key
+from hounsfield.dicom.json_model import (character_set, dataset_to_json, raw_json, remember,
+                                         value_key)
 from hounsfield.dicom.uids import is_lenient_uid, validate_uid
 from hounsfield.errors import InvalidDicom
 
@@ -288,11 +289,7 @@ def _s(ds: Dataset, keyword: str) -> str:
         key = value_key(tag, raw, character_set(ds))  # others: decoded once per distinct value
         if key is not None:
             text = _TEXT.get(key)
-            if text is None:
-                if len(_TEXT) >= 8192:
-                    _TEXT.clear()
-                text = _TEXT[key] = _s_decoded(ds, keyword)
-            return text
+            return text if text is not None else remember(_TEXT, key, _s_decoded(ds, keyword))
     return _s_decoded(ds, keyword)
 
 

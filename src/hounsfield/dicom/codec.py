@@ -3,22 +3,19 @@ path reads (a C-FIND identifier) and writes (its responses).
 
 :func:`encode_dataset` writes the flat data sets query responses are made of (text, numbers,
 empty values and empty sequences) straight to bytes in little endian transfer syntaxes —
-several times faster than pydicom's general writer, which is what it falls back to for anything
-else (big endian, sequences with items, binary values, text that needs a character set other
-than UTF-8 or ASCII).
+several times faster than pydicom's general writer, which is what it falls back to (through
+pynetdicom's ``dsutils``) for anything else (big endian, deflate, sequences with items, binary
+values, text that needs a character set other than UTF-8 or ASCII).
 """
 
 from __future__ import annotations
 
 import io
 import struct
-import zlib
 
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
+from pynetdicom import dsutils
 
 IMPLICIT_LE, EXPLICIT_LE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
 DEFLATED_LE, EXPLICIT_BE = "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"
@@ -31,28 +28,23 @@ _UTF8_SETS = ("ISO_IR 192", "ISO_IR 6", "", None)
 
 def decode_dataset(raw: bytes, transfer_syntax: str) -> Dataset:
     """A data set received in ``transfer_syntax`` (uncompressed, or deflated, PS3.5 A.5)."""
-    if transfer_syntax == DEFLATED_LE:
-        raw = zlib.decompress(raw, -zlib.MAX_WBITS)
-    return read_dataset(io.BytesIO(raw), transfer_syntax == IMPLICIT_LE,
-                        transfer_syntax != EXPLICIT_BE)
+    return dsutils.decode(io.BytesIO(raw), transfer_syntax == IMPLICIT_LE,
+                          transfer_syntax != EXPLICIT_BE, transfer_syntax == DEFLATED_LE)
 
 
 def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
-    """``ds`` encoded in ``transfer_syntax`` (the inverse of :func:`decode_dataset`)."""
-    out = None
-    if transfer_syntax != EXPLICIT_BE:
-        out = _encode_flat(ds, transfer_syntax == IMPLICIT_LE)
+    """``ds`` encoded in ``transfer_syntax`` (the inverse of :func:`decode_dataset`): flat
+    data sets in little endian written directly, the rest by pynetdicom's encoder (pydicom's
+    writer; deflated and padded to an even length for Deflated Explicit VR Little Endian)."""
+    implicit = transfer_syntax == IMPLICIT_LE
+    if transfer_syntax in (IMPLICIT_LE, EXPLICIT_LE):
+        out = _encode_flat(ds, implicit)
+        if out is not None:
+            return out
+    out = dsutils.encode(ds, implicit, transfer_syntax != EXPLICIT_BE,
+                         transfer_syntax == DEFLATED_LE)
     if out is None:
-        fp = DicomBytesIO()
-        fp.is_little_endian = transfer_syntax != EXPLICIT_BE
-        fp.is_implicit_VR = transfer_syntax == IMPLICIT_LE
-        write_dataset(fp, ds)
-        out = fp.getvalue()
-    if transfer_syntax == DEFLATED_LE:
-        z = zlib.compressobj(wbits=-zlib.MAX_WBITS)
-        out = z.compress(out) + z.flush()
-        if len(out) % 2:
-            out += b"\0"  # PS3.5 A.5: padded to an even length
+        raise ValueError(f"cannot encode the data set in {transfer_syntax}")
     return out
 
 

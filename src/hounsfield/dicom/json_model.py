@@ -86,7 +86,16 @@ def raw_json(raw: RawDataElement) -> dict[str, Any] | None:
 # study, series, equipment, geometry), and pydicom's conversion is the costly part.  The dicts
 # are shared between the instances' metadata, which is only ever serialised, never changed.
 _CACHE: dict[tuple, dict[str, Any]] = {}
-_CACHE_MAX = 8192
+CACHE_MAX = 8192
+
+
+def remember(cache: dict, key: Any, value: Any) -> Any:
+    """Put ``value`` under ``key`` in a bounded cache (emptied when it reaches
+    :data:`CACHE_MAX` entries) and return it."""
+    if len(cache) >= CACHE_MAX:
+        cache.clear()
+    cache[key] = value
+    return value
 _CACHE_VALUE_MAX = 256
 
 
@@ -150,9 +159,7 @@ def _walk(ds: Dataset, prefix: str) -> dict[str, Any]:
             out[tag] = {"vr": elem.VR if elem.VR in _JSON_VRS else "UN"}
             continue
         if ck is not None:
-            if len(_CACHE) >= _CACHE_MAX:
-                _CACHE.clear()
-            _CACHE[ck] = out[tag]
+            remember(_CACHE, ck, out[tag])
     return out
 
 

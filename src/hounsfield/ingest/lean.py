@@ -279,10 +279,9 @@ class StorageAssociation:
             self._respond(ctx, _response(C_ECHO_RSP, msg_id, sop_class, "", 0x0000, ""))
         elif field == C_STORE_RQ:
             sop_instance = _ui(cmd, 0x1000)
-            abstract = acc.contexts[ctx][0]
             if data is None:
                 status, comment = 0xC000, "C-STORE-RQ without a data set"
-            elif sop_class != abstract or part10 is None:  # PS3.7 9.1.1.1.2
+            elif part10 is None:  # _part10_start refused it: PS3.7 9.1.1.1.2
                 status, comment = 0x0122, "SOP class is not the presentation context's"
             else:
                 meta, digest = part10
@@ -293,14 +292,14 @@ class StorageAssociation:
             self._respond(ctx, _response(C_STORE_RSP, msg_id, sop_class, sop_instance, status,
                                          comment))
         elif field == C_FIND_RQ and self.find is not None:
-            self._find(acc, ctx, msg_id, sop_class, data)
+            self._find(self.find, acc, ctx, msg_id, sop_class, data)
         elif field == C_CANCEL_RQ:
             return  # nothing pending to cancel (C-STORE is not cancellable, PS3.7 9.3.1)
         else:
             raise Abort(f"DIMSE command 0x{field:04X} is not served on a storage association")
 
     # -- C-FIND (PS3.7 9.1.2, 9.3.2) ------------------------------------------------------------
-    def _find(self, acc: Accepted, ctx: int, msg_id: int, sop_class: str,
+    def _find(self, find: Find, acc: Accepted, ctx: int, msg_id: int, sop_class: str,
               data: list[memoryview] | None) -> None:
         abstract, ts = acc.contexts[ctx]
 
@@ -314,7 +313,7 @@ class StorageAssociation:
         if data is None:
             self._respond(ctx, rsp(0xC000, "C-FIND-RQ without an identifier"))
             return
-        raw, find = b"".join(data), self.find or (lambda *_a: iter(()))
+        raw = b"".join(data)
         cancel = _CancelWatch(self, msg_id)
         for status, comment, ds in find(lambda: decode_dataset(raw, ts), sop_class, cancel):
             if ds is None:

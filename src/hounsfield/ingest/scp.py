@@ -286,7 +286,7 @@ class DicomNode:
             if sha256 is None:  # on another core while this thread parses
                 digest = _HASHER.submit(_sha256, data).result
             else:
-                digest = sha256.__str__
+                digest = lambda: sha256  # noqa: E731 - the caller hashed it already
             parsed = parse_part10(data, name=f"C-STORE {sop}", sha256=digest,
                                   defer_json=True)
             study, patient = parsed.study_instance_uid, parsed.patient["patient_id"]
