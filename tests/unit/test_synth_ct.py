@@ -163,3 +163,17 @@ def test_a_case_is_reproduced_from_its_recorded_seed():
     again = generate_ct("sakura", case.seed, shape=(10, 48, 48))
     assert np.array_equal(again.pixels, case.ct.pixels)
     assert case_seed(11, "sakura", 1) != case.seed != case_seed(11, "hanse", 0)
+
+
+def test_first_patient_adds_new_patients_to_a_site():
+    from hounsfield.errors import InvalidInput
+    from hounsfield.synth import case_seed, iter_cases
+
+    kw = dict(seed=11, shape=(10, 48, 48), dx=False, seg=False)
+    first = [c.ct.patient.patient_id for c in iter_cases(["hanse"], 2, **kw)]
+    more = list(iter_cases(["hanse"], 2, first_patient=2, **kw))
+    assert first == ["SYN-HANSE-00000", "SYN-HANSE-00001"]
+    assert [c.ct.patient.patient_id for c in more] == ["SYN-HANSE-00002", "SYN-HANSE-00003"]
+    assert [c.seed for c in more] == [case_seed(11, "hanse", 2), case_seed(11, "hanse", 3)]
+    with pytest.raises(InvalidInput, match="first patient"):
+        next(iter_cases(["hanse"], 1, first_patient=-1, **kw))

@@ -22,6 +22,9 @@ SitesFile = Annotated[Optional[Path], typer.Option(
     "--sites-file", help="TOML/YAML file with more site profiles ([[site]] tables)")]
 Patients = Annotated[int, typer.Option("--patients", "-n", min=0, help="patients per site")]
 Seed = Annotated[int, typer.Option("--seed", help="base seed (same seed -> same pixels)")]
+FirstPatient = Annotated[int, typer.Option(
+    "--first-patient", min=0, help="number the patients of each site from this one (IDs and "
+    "pixels follow the number): add patients to sites generated before")]
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="write files to this folder")]
 ToArchive = Annotated[bool, typer.Option("--archive", help="store into the archive")]
 Shape = Annotated[Optional[str], typer.Option(
@@ -105,12 +108,13 @@ def ct_cmd(
     matrix: Matrix = 512, slices: Slices = None, nodules: Nodules = None,
     dx: Annotated[bool, typer.Option("--dx/--no-dx", help="also a PA radiograph")] = False,
     seg: Annotated[bool, typer.Option("--seg/--no-seg", help="nodule truth as DICOM SEG")] = True,
+    first_patient: FirstPatient = 0,
 ) -> None:
     """Chest CT series with nodule truth (CSV, NIfTI masks, DICOM SEG), per site."""
     with edge():
         sites = _sites(site, sites_file)
         kw = dict(seed=seed, shape=_parse_shape(shape), matrix=matrix, slices=slices,
-                  nodules=nodules, dx=dx, seg=seg)
+                  nodules=nodules, dx=dx, seg=seg, first_patient=first_patient)
         _run(ctx, out, archive, kw, sites, patients)
 
 

@@ -80,14 +80,18 @@ def iter_cases(sites: Iterable[str | SiteProfile], patients_per_site: int, *, se
                shape: tuple[int, int, int] | None = None, matrix: int = 512,
                slices: int | None = None, dx: bool = True, dx_matrix: int = 1024,
                seg: bool = True, nodules: int | None = None, detail: float = 1.0,
-               ct: bool = True) -> Iterator[SynthCase]:
+               ct: bool = True, first_patient: int = 0) -> Iterator[SynthCase]:
     """Generate the cases one at a time (a full-size CT is a few hundred MB in memory);
-    ``ct=False`` gives radiographs only."""
+    ``ct=False`` gives radiographs only.  Patients are numbered from ``first_patient`` at each
+    site (their IDs and seeds follow the number), so a later run with a higher first number
+    adds new patients to sites generated before."""
     profiles = [resolve_site(s) for s in sites]
     if patients_per_site < 0:
         raise InvalidInput("patients per site must be >= 0")
+    if first_patient < 0:
+        raise InvalidInput("the first patient number must be >= 0")
     for site in profiles:
-        for i in range(patients_per_site):
+        for i in range(first_patient, first_patient + patients_per_site):
             s = case_seed(seed, site.name, i)
             study = generate_ct(site, s, shape=shape, matrix=matrix, slices=slices,
                                 nodules=nodules, detail=detail, patient_index=i) if ct else None
