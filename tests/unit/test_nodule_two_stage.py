@@ -8,7 +8,8 @@ import torch
 
 from hounsfield.models.candidates import CandidateSpec, find_candidates, lung_mask
 from hounsfield.models.detector import NetworkSpec, build_network
-from hounsfield.models.two_stage import extract_patch, extract_patches, merge_detections
+from hounsfield.models.two_stage import (classify, extract_patch, extract_patches,
+                                         merge_detections)
 from hounsfield.models.volume import Volume
 from hounsfield.train.data import PreparedVolume
 from hounsfield.train.recipe import Augment
@@ -137,6 +138,10 @@ def test_hard_negative_mining_and_candidate_positives() -> None:
     assert pool.max() < len(ds.neg)
     # the same weights and seed give the same pool (every DDP rank agrees)
     np.testing.assert_array_equal(pool, ds.mine(net, sample=10, pool=3, seed=0))
+    # scoring every negative: the pool is the three the network ranks highest
+    everything = ds.mine(net, sample=len(ds.neg), pool=3, seed=0)
+    scores = classify(net, pv.volume.array, np.array([c for _v, c in ds.neg]), (8, 16, 16))
+    assert sorted(everything.tolist()) == sorted(np.argsort(-scores, kind="stable")[:3].tolist())
     ds.set_hard(pool)
-    negs = [ds[i] for i in range(len(ds)) if float(ds[i]["label"]) == 0]
+    negs = [it for it in (ds[i] for i in range(len(ds))) if float(it["label"]) == 0]
     assert negs and all(torch.isfinite(n["image"]).all() for n in negs)

@@ -87,6 +87,7 @@ def raw_json(raw: RawDataElement) -> dict[str, Any] | None:
 # are shared between the instances' metadata, which is only ever serialised, never changed.
 _CACHE: dict[tuple, dict[str, Any]] = {}
 CACHE_MAX = 8192
+_CACHE_VALUE_MAX = 256
 
 
 def remember(cache: dict, key: Any, value: Any) -> Any:
@@ -96,7 +97,6 @@ def remember(cache: dict, key: Any, value: Any) -> Any:
         cache.clear()
     cache[key] = value
     return value
-_CACHE_VALUE_MAX = 256
 
 
 def character_set(ds: Dataset) -> Any:

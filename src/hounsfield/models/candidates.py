@@ -126,7 +126,8 @@ def find_candidates(array: np.ndarray, spacing_xyz: tuple[float, float, float],
         todo.append((spec.faint_clip_hu, spec.faint_per_scale))
     out = Candidates(np.zeros((0, 3)), np.zeros(0), np.zeros(0))
     for clip, counts in todo:
-        im = img if clip is None else np.minimum(img, np.float32((clip - hu_min) / (hu_max - hu_min)))
+        im = img if clip is None else \
+            np.minimum(img, np.float32((clip - hu_min) / (hu_max - hu_min)))
         zyx, diam, resp_all = [np.zeros((0, 3))], [np.zeros(0)], [np.zeros(0)]
         for d, per_scale in zip(spec.diameters_mm, counts):
             if per_scale <= 0:

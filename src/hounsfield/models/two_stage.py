@@ -78,7 +78,7 @@ def cached_candidates(array: np.ndarray, spacing_xyz, spec: CandidateSpec, *, hu
     key (shared with models that lack the faint pass) and ``cache_file`` holds the faint
     pass's additions."""
     if spec.faint_clip_hu is None:
-        return refine_centres(array, _cached_pass(array, spacing_xyz, spec, ("base", "faint"),
+        return refine_centres(array, _cached_pass(array, spacing_xyz, spec, ("base",),
                                                   hu_min, hu_max, cache_file))
     b = base_spec(spec)
     bf = (cache_file.parent.parent / f"cand-{spec_key(b)}" / cache_file.name

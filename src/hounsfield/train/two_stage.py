@@ -142,11 +142,12 @@ class CandidatePatchDataset(Dataset):
             return np.zeros(0, dtype=np.int64)
         idx = np.union1d(rng.choice(n, size=min(sample, n), replace=False), self.hard)
         scores = np.empty(len(idx))
-        for v in np.unique([self.neg[int(i)][0] for i in idx]):
-            mine_v = [j for j, i in enumerate(idx) if self.neg[int(i)][0] == v]
-            centres = np.array([self.neg[int(idx[j])][1] for j in mine_v])
-            scores[mine_v] = classify(net, self.volumes[v].volume.array, centres, self.patch,
-                                      batch_size=batch_size)
+        vols = np.array([self.neg[int(i)][0] for i in idx])
+        for v in np.unique(vols):  # one volume's negatives at a time
+            sel = np.nonzero(vols == v)[0]
+            centres = np.array([self.neg[int(idx[j])][1] for j in sel])
+            scores[sel] = classify(net, self.volumes[v].volume.array, centres, self.patch,
+                                   batch_size=batch_size)
         order = np.argsort(-scores, kind="stable")[:pool]
         return idx[order]
 
