@@ -22,4 +22,4 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
     --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-exec timeout 540 python3 scripts/gpu_nodule_run.py "$@"
+exec timeout 540 python3 scripts/gpu_nodule_run.py --budget-s 500 "$@"

@@ -13,7 +13,8 @@ import torch
 
 from hounsfield.deploy.inference import Finding, InferenceResult, Precision
 from hounsfield.models.candidates import CandidateSpec
-from hounsfield.models.two_stage import cached_candidates, classify, merge_detections, spec_key
+from hounsfield.models.two_stage import (cached_candidates, candidate_device, classify,
+                                         merge_detections, spec_key)
 from hounsfield.models.volume import PreprocessPlan, Volume, to_patient
 
 
@@ -42,7 +43,8 @@ class TwoStageRunner:
         f = (cache_dir / f"cand-{spec_key(self.candidates)}" / f"{cache_key}.npz"
              if cache_dir is not None and cache_key else None)
         cands = cached_candidates(prep.array, prep.spacing, self.candidates,
-                                  hu_min=self.plan.hu_min, hu_max=self.plan.hu_max, cache_file=f)
+                                  hu_min=self.plan.hu_min, hu_max=self.plan.hu_max, cache_file=f,
+                                  device=candidate_device(next(self.net.parameters()).device))
         t2 = time.perf_counter()
         self.net.eval()
         findings: list[Finding] = []

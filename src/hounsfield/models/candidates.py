@@ -96,8 +96,7 @@ def lung_mask(array: np.ndarray, spacing_xyz: tuple[float, float, float], spec: 
         lungs = low
     sz, sy, sx = spacing_xyz[2], spacing_xyz[1], spacing_xyz[0]
     r = [max(1, int(round(spec.dilate_mm / s))) for s in (sz, sy, sx)]
-    st = _ellipsoid(r)
-    lungs = ndimage.binary_dilation(lungs, structure=st)
+    lungs = dilate_ellipsoid(lungs, r)
     for k in range(lungs.shape[0]):  # vessels / nodules enclosed by lung in a slice belong to it
         lungs[k] = ndimage.binary_fill_holes(lungs[k])
     return lungs
@@ -108,14 +107,37 @@ def _ellipsoid(r: list[int]) -> np.ndarray:
     return sum(((g[k] - r[k]) / r[k]) ** 2 for k in range(3)) <= 1.0
 
 
+def dilate_ellipsoid(mask: np.ndarray, r: list[int]) -> np.ndarray:
+    """``binary_dilation(mask, structure=_ellipsoid(r))``, computed as a distance transform:
+    a voxel is in the dilation when some mask voxel lies within the ellipsoid around it, i.e.
+    when its Euclidean distance to the mask, with axis ``k`` scaled by ``1 / r[k]``, is at most 1.
+    Exact (the lattice's next distance above 1 is > 1 + 1e-8 for radii up to 20 voxels) and
+    ~10x faster than the structuring element at full resolution (75 s -> 7 s per CT)."""
+    if not mask.any():
+        return mask.copy()
+    d = ndimage.distance_transform_edt(~mask, sampling=[1.0 / v for v in r])
+    return d <= 1.0 + 1e-9
+
+
 def find_candidates(array: np.ndarray, spacing_xyz: tuple[float, float, float],
                     spec: CandidateSpec, *, hu_min: float = -1000.0,
-                    hu_max: float = 400.0, passes: tuple[str, ...] = ("base", "faint")
-                    ) -> Candidates:
+                    hu_max: float = 400.0, passes: tuple[str, ...] = ("base", "faint"),
+                    device: str | None = None, mask: np.ndarray | None = None) -> Candidates:
     """Multi-scale blob candidates inside the lungs of a preprocessed volume: the ``base`` pass
-    (image clipped at ``clip_hu``) and, when configured, the ``faint`` pass (clipped lower)."""
+    (image clipped at ``clip_hu``) and, when configured, the ``faint`` pass (clipped lower).
+
+    ``device`` (a torch device, e.g. ``"cuda"``) runs the blob filter and the peak search
+    with torch there (:mod:`hounsfield.models.candidates_torch`; same candidates as the scipy
+    path up to float rounding) — a full-resolution CT takes minutes per CPU core with scipy.
+    ``mask``: the lung mask when the caller has it (else :func:`lung_mask`).
+    """
     img = np.asarray(array, dtype=np.float32)
-    mask = lung_mask(img, spacing_xyz, spec, hu_min, hu_max)
+    if mask is None:
+        mask = lung_mask(img, spacing_xyz, spec, hu_min, hu_max)
+    scale_peaks = _scale_peaks
+    if device is not None:
+        from hounsfield.models.candidates_torch import scale_peaks_on
+        scale_peaks = scale_peaks_on(device, img, mask)
     sp_zyx = np.array([spacing_xyz[2], spacing_xyz[1], spacing_xyz[0]], dtype=np.float32)
     quota = spec.per_scale or (max(1, spec.max_candidates // len(spec.diameters_mm)),) * \
         len(spec.diameters_mm)
@@ -132,7 +154,7 @@ def find_candidates(array: np.ndarray, spacing_xyz: tuple[float, float, float],
         for d, per_scale in zip(spec.diameters_mm, counts):
             if per_scale <= 0:
                 continue
-            z, r = _scale_peaks(im, d, per_scale, sp_zyx, mask, spec)
+            z, r = scale_peaks(im, d, per_scale, sp_zyx, mask, spec)
             zyx.append(z)
             diam.append(np.full(len(r), d))
             resp_all.append(r)

@@ -72,35 +72,45 @@ def base_spec(spec: CandidateSpec) -> CandidateSpec:
 
 
 def cached_candidates(array: np.ndarray, spacing_xyz, spec: CandidateSpec, *, hu_min: float,
-                      hu_max: float, cache_file: Path | None = None) -> Candidates:
+                      hu_max: float, cache_file: Path | None = None,
+                      device: str | None = None) -> Candidates:
     """:func:`find_candidates` (cached in ``cache_file``, npz, when given), then
     :func:`refine_centres`.  With a faint pass, the base pass is cached under its own spec's
     key (shared with models that lack the faint pass) and ``cache_file`` holds the faint
-    pass's additions."""
+    pass's additions.  ``device``: see :func:`find_candidates` (``candidate_device``)."""
     if spec.faint_clip_hu is None:
         return refine_centres(array, _cached_pass(array, spacing_xyz, spec, ("base",),
-                                                  hu_min, hu_max, cache_file))
+                                                  hu_min, hu_max, cache_file, device))
     b = base_spec(spec)
     bf = (cache_file.parent.parent / f"cand-{spec_key(b)}" / cache_file.name
           if cache_file is not None else None)
-    first = _cached_pass(array, spacing_xyz, b, ("base",), hu_min, hu_max, bf)
-    second = _cached_pass(array, spacing_xyz, spec, ("faint",), hu_min, hu_max, cache_file)
+    first = _cached_pass(array, spacing_xyz, b, ("base",), hu_min, hu_max, bf, device)
+    second = _cached_pass(array, spacing_xyz, spec, ("faint",), hu_min, hu_max, cache_file, device)
     return refine_centres(array, merge_passes(first, second))
 
 
 def _cached_pass(array, spacing_xyz, spec: CandidateSpec, passes: tuple[str, ...],
-                 hu_min: float, hu_max: float, cache_file: Path | None) -> Candidates:
+                 hu_min: float, hu_max: float, cache_file: Path | None,
+                 device: str | None = None) -> Candidates:
     if cache_file is not None and cache_file.is_file():
         z = np.load(cache_file)
         return Candidates(z["zyx"], z["diameter_mm"], z["response"])
     c = find_candidates(array, tuple(spacing_xyz), spec, hu_min=hu_min, hu_max=hu_max,
-                        passes=passes)
+                        passes=passes, device=device)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.tmp.npz")
         np.savez(tmp, zyx=c.zyx, diameter_mm=c.diameter_mm, response=c.response)
         tmp.replace(cache_file)
     return c
+
+
+def candidate_device(device: torch.device | str | None = None) -> str | None:
+    """Where the blob filter runs: torch on a CUDA device (``device``, else the first GPU when
+    there is one), scipy (``None``) on CPUs, where it is the faster."""
+    if device is not None:
+        return str(device) if torch.device(device).type == "cuda" else None
+    return "cuda" if torch.cuda.is_available() else None
 
 
 def merge_detections(centres_zyx: np.ndarray, diam_mm: np.ndarray, probs: np.ndarray,

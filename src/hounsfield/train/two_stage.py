@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 from hounsfield.evaluate.froc import Detection, Nodule, cpm, curve_of, match, sensitivity_at
 from hounsfield.models.candidates import Candidates
 from hounsfield.models.detector import build_network
-from hounsfield.models.two_stage import (cached_candidates, classify, extract_patch,
-                                         merge_detections, spec_key)
+from hounsfield.models.two_stage import (cached_candidates, candidate_device, classify,
+                                         extract_patch, merge_detections, spec_key)
 from hounsfield.train.data import PreparedVolume
 from hounsfield.train.module import FiniteGradients, epoch_loader
 from hounsfield.train.recipe import Augment, Recipe
@@ -37,7 +37,7 @@ def volume_candidates(volumes: list[PreparedVolume], recipe: Recipe,
             f = cache_dir / f"cand-{spec_key(recipe.candidates)}" / f"{pv.cache_key}.npz"
         out.append(cached_candidates(pv.volume.array, pv.volume.spacing, recipe.candidates,
                                      hu_min=recipe.plan.hu_min, hu_max=recipe.plan.hu_max,
-                                     cache_file=f))
+                                     cache_file=f, device=candidate_device()))
     return out
 
 
