@@ -208,6 +208,10 @@ def main() -> None:
                     x = x.flip(ax)
             if patch[1] == patch[2]:
                 x = torch.rot90(x, int(rng.integers(4)), dims=(2, 3))
+            a = r.get("augment", {})  # the recipe's intensity scaling and noise
+            x = x * float(1 + rng.uniform(-1, 1) * float(a.get("intensity", 0)))
+            if float(a.get("noise", 0)):
+                x = x + torch.randn_like(x) * float(a["noise"])
             batch.append(x)
         xb = torch.stack(batch)
         yb = torch.tensor(labels, device=dev)
