@@ -12,6 +12,8 @@ import pytest
 from sqlalchemy import func, select
 
 from hounsfield.archive.models import Instance
+from hounsfield.archive.parse import parse_part10
+from hounsfield.archive.store import store_instance
 from hounsfield.audit import query as audit_query
 from hounsfield.config import RemoteNode
 from hounsfield.dicom.transfer import UNCOMPRESSED
@@ -116,6 +118,16 @@ def test_duplicate_policy(node_factory, tmp_path):  # noqa: F811
     with keep.archive.session() as s:
         key = s.scalar(select(Instance.blob_key))
     assert "SeriesDescription" not in pydicom.dcmread(keep.archive.blobs.open(key))  # first kept
+    # imported from disk, then re-sent by a modality: the receiver writes its own file meta, the
+    # data set is the same object -> success, one copy (was 0111H: compared whole files)
+    imported = parse_part10(files[1].read_bytes())
+    assert store_instance(keep.archive, imported, source="import").status == "stored"
+    r = dcmtk("storescu", "-v", *_aec(keep), str(files[1]))
+    assert "Received Store Response (Success)" in r.stderr, r.stderr
+    assert _count(keep.archive) == 2 and len(list(keep.archive.blobs.keys())) == 2
+    with keep.archive.session() as s:
+        row = s.scalar(select(Instance).where(Instance.sop_instance_uid == imported.sop_instance_uid))
+    assert row.sha256 == imported.sha256  # the imported file is the copy kept
     replace = node_factory(duplicate_policy="replace")
     assert dcmtk("storescu", *_aec(replace), str(files[0])).returncode == 0
     assert dcmtk("storescu", *_aec(replace), str(changed)).returncode == 0

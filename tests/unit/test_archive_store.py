@@ -57,6 +57,41 @@ def test_store_then_duplicate_then_conflict(any_archive):
         assert any_archive.blobs.read(rows[0].blob_key) == first.data
 
 
+def test_same_data_set_under_another_file_meta_is_a_duplicate(any_archive):
+    """A file imported from disk and later re-sent over C-STORE (the receiver writes its own
+    file meta) is the same object: a duplicate, first kept, no second blob — also when the
+    blob was written before the decision (the C-STORE path)."""
+    from hounsfield.archive.blobstore import blob_key
+    from hounsfield.archive.store import part10_body
+
+    ds = make_ds(StudyDescription="first")
+    first = parse_part10(to_bytes(ds))
+    ts, body = part10_body(first.data)
+    assert ts == ExplicitVRLittleEndian and bytes(body[:4]) == b"\x08\x00\x16\x00"
+    assert part10_body(b"no dicom") is None
+    assert store_instance(any_archive, first, source="import").status == "stored"
+    blobs_before = set(any_archive.blobs.keys())
+    ds.file_meta.ImplementationVersionName = "OTHER_SENDER"
+    ds.file_meta.SourceApplicationEntityTitle = "MODALITY"
+    again = parse_part10(to_bytes(ds))
+    assert again.sha256 != first.sha256
+    out = store_instance(any_archive, again, source="MODALITY")
+    assert out.status == "duplicate" and "file meta" in out.reason
+    # the blob written first by the receiver is removed again
+    resent = parse_part10(to_bytes(ds))
+    key = blob_key(resent.study_instance_uid, resent.sop_instance_uid, resent.sha256)
+    any_archive.blobs.put(key, resent.data)
+    resent.data = None
+    assert store_instance(any_archive, resent, source="MODALITY").status == "duplicate"
+    assert set(any_archive.blobs.keys()) == blobs_before
+    with any_archive.session() as s:
+        rows = instances_of(s, ds.SOPInstanceUID)
+        assert len(rows) == 1 and any_archive.blobs.read(rows[0].blob_key) == first.data
+    # a different data set under the same UID stays a conflict
+    ds.StudyDescription = "changed"
+    assert store_instance(any_archive, parse_part10(to_bytes(ds)), source="t").status == "conflict"
+
+
 def test_replace_policy(any_archive):
     ds = make_ds(StudyDescription="first")
     store_instance(any_archive, parse_part10(to_bytes(ds)), source="t")

@@ -5,14 +5,17 @@ import summary) only after :func:`store_instances` returns, i.e. after its bytes
 its rows committed.  A crash in between leaves at worst an orphan blob, which ``check`` finds
 and repairs; never a row without its blob.
 
-Duplicates by SOPInstanceUID: identical bytes are skipped (``duplicate``); different bytes are a
+Duplicates by SOPInstanceUID: identical bytes are skipped (``duplicate``), and so is the same
+data set in the same transfer syntax under a different Part 10 file meta (a file imported from
+disk, later re-sent by C-STORE: the receiver writes its own meta); a different object is a
 ``conflict`` under the ``keep-first`` policy (the first is kept) or ``replaced`` under
 ``replace``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import struct
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -84,7 +87,8 @@ def _store(archive: Archive, batch: Sequence[ParsedInstance], sources: list[str]
     prewritten = all(p.data is None for p in batch)  # the caller wrote (and flushed) the blobs
     if not prewritten:
         with archive.session() as s:
-            decision = _decide(batch, _existing(s.connection(), uids), policy)
+            decision = _decide(batch, _existing(s.connection(), uids), policy,
+                               _same_data_set_in(archive))
         blobs = archive.blobs
         futures = [_POOL.submit(_put_once, blobs, key, batch[i].data)
                    for i, key in decision[1] if batch[i].data is not None]
@@ -115,12 +119,18 @@ def _existing(conn, uids: list[str]) -> dict[str, tuple[str, str]]:  # noqa: ANN
             for r in conn.execute(_EXISTING, {"uids": uids})}
 
 
+SameDataSet = Callable[[ParsedInstance, str], bool]
+
+
 def _decide(batch: Sequence[ParsedInstance], existing: dict[str, tuple[str, str]],
-            policy: DuplicatePolicy) -> tuple[list, list[tuple[int, str]], dict[str, str]]:
-    """Per instance: duplicate / conflict / to write, given what is stored already."""
+            policy: DuplicatePolicy, same_data_set: SameDataSet | None = None,
+            ) -> tuple[list, list[tuple[int, str]], dict[str, str], list[str]]:
+    """Per instance: duplicate / conflict / to write, given what is stored already; also the
+    keys of blobs the caller wrote first (``data`` None) that a duplicate leaves unused."""
     outcomes: list[StoreOutcome | None] = [None] * len(batch)
     to_write: list[tuple[int, str]] = []
     replaced_old: dict[str, str] = {}
+    unused: list[str] = []
     seen_in_batch: dict[str, str] = {}
     for i, p in enumerate(batch):
         uid = p.sop_instance_uid
@@ -130,6 +140,12 @@ def _decide(batch: Sequence[ParsedInstance], existing: dict[str, tuple[str, str]
         if first is not None:
             if first[0] == p.sha256:
                 outcomes[i] = _outcome(p, "duplicate", "same SOPInstanceUID and identical bytes")
+                continue
+            if first[1] and same_data_set is not None and same_data_set(p, first[1]):
+                outcomes[i] = _outcome(p, "duplicate", "same SOPInstanceUID and identical data "
+                                       "set; only the file meta differs (the first is kept)")
+                if p.data is None:
+                    unused.append(blob_key(p.study_instance_uid, uid, p.sha256))
                 continue
             if policy == "keep-first":
                 outcomes[i] = _outcome(
@@ -147,7 +163,45 @@ def _decide(batch: Sequence[ParsedInstance], existing: dict[str, tuple[str, str]
     for i, p in enumerate(batch):
         if outcomes[i] is None and last_index.get(p.sop_instance_uid) != i:
             outcomes[i] = _outcome(p, "replaced", "superseded by a later copy in the same batch")
-    return outcomes, to_write, replaced_old
+    return outcomes, to_write, replaced_old, unused
+
+
+def part10_body(data: bytes) -> tuple[str, memoryview] | None:
+    """(transfer syntax UID, the data set's bytes) of a Part 10 file: what follows its file meta
+    group (explicit VR little endian, PS3.10 7.1); ``None`` when ``data`` is no Part 10 file."""
+    if len(data) < 132 or data[128:132] != b"DICM":
+        return None
+    view, pos, ts = memoryview(data), 132, ""
+    while pos + 8 <= len(data):
+        group, elem = struct.unpack_from("<HH", data, pos)
+        if group != 0x0002:
+            break
+        if bytes(view[pos + 4:pos + 6]) in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+            (length,), head = struct.unpack_from("<I", data, pos + 8), 12
+        else:
+            (length,), head = struct.unpack_from("<H", data, pos + 6), 8
+        if elem == 0x0010:
+            value = bytes(view[pos + head:pos + head + length])
+            ts = value.rstrip(b"\0 ").decode("ascii", "replace")
+        pos += head + length
+    return ts, view[pos:]
+
+
+def _same_data_set_in(archive: Archive) -> SameDataSet:
+    """Whether an instance's data set (and transfer syntax) equals that of the stored blob."""
+    blobs = archive.blobs
+
+    def same(p: ParsedInstance, stored_key: str) -> bool:
+        try:
+            old = blobs.read(stored_key)
+            new = p.data if p.data is not None else blobs.read(
+                blob_key(p.study_instance_uid, p.sop_instance_uid, p.sha256))
+        except OSError:
+            return False
+        a, b = part10_body(old), part10_body(new)
+        return a is not None and b is not None and a[0] == b[0] and a[1] == b[1]
+
+    return same
 
 
 def _index(archive: Archive, batch: Sequence[ParsedInstance], sources: list[str], site: str,
@@ -170,8 +224,8 @@ def _index(archive: Archive, batch: Sequence[ParsedInstance], sources: list[str]
         inside = decision is None
         if inside:
             decision = _decide(batch, _existing(conn, list({p.sop_instance_uid for p in batch})),
-                               policy)
-        outcomes, to_write, replaced_old = decision
+                               policy, _same_data_set_in(archive))
+        outcomes, to_write, replaced_old, unused = decision
         # re-check inside the write transaction: another writer may have committed meanwhile
         write_uids = [batch[i].sop_instance_uid for i, _k in to_write]
         current = {} if inside and policy == "keep-first" else {
@@ -208,7 +262,7 @@ def _index(archive: Archive, batch: Sequence[ParsedInstance], sources: list[str]
         if pks:
             conn.execute(_TOUCH_SERIES, {"pks": pks, "now": now})
             conn.execute(_TOUCH_STUDY, {"pks": pks, "now": now})
-    for old in replaced_old.values():
+    for old in [*replaced_old.values(), *unused]:
         if old not in written:
             blobs.delete(old)
     # blobs written before the index decided (importer workers) that did not get a row
