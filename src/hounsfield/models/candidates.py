@@ -111,8 +111,9 @@ def dilate_ellipsoid(mask: np.ndarray, r: list[int]) -> np.ndarray:
     """``binary_dilation(mask, structure=_ellipsoid(r))``, computed as a distance transform:
     a voxel is in the dilation when some mask voxel lies within the ellipsoid around it, i.e.
     when its Euclidean distance to the mask, with axis ``k`` scaled by ``1 / r[k]``, is at most 1.
-    Exact (the lattice's next distance above 1 is > 1 + 1e-8 for radii up to 20 voxels) and
-    ~10x faster than the structuring element at full resolution (75 s -> 7 s per CT)."""
+    Exact (the lattice's next distance above 1 is > 1 + 5e-9 for radii up to 20 voxels, well
+    clear of the 1e-9 tolerance) and ~6x faster than the structuring element at full resolution
+    (74.6 s -> ~13 s per CT on one core here)."""
     if not mask.any():
         return mask.copy()
     d = ndimage.distance_transform_edt(~mask, sampling=[1.0 / v for v in r])
