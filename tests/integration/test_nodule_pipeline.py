@@ -47,6 +47,12 @@ def test_train_register_infer_evaluate_finetune(archive, settings, tmp_path) -> 
     assert res["provenance"]["model"] == "nodules" and res["provenance"]["model_version"] == "1"
     assert all({"x_mm", "y_mm", "z_mm", "diameter_mm", "probability"} <= set(f)
                for f in res["findings"])
+    assert res["provenance"]["tta_top_k"] == 0  # the tiny preset's setting
+    # test-time augmentation: the top candidates re-scored over 8 flips; same candidates
+    tta = json.loads(run(["infer", "nodules@1", series, "--json", "--tta", "20"], data))
+    assert tta["provenance"]["tta_top_k"] == 20
+    assert tta["provenance"]["candidates"] == res["provenance"]["candidates"]
+    assert "--tta -1" in run(["infer", "nodules@1", series, "--tta", "-1"], data, code=2)
 
     rep_dir = tmp_path / "eval"
     out = CliRunner().invoke(app, ["--data-dir", str(data), "--profile", "demo", "evaluate",

@@ -220,6 +220,9 @@ def infer_cmd(
     series_uid: Annotated[str, typer.Argument(help="SeriesInstanceUID in the archive")],
     precision: Annotated[str, typer.Option(help="fp32 | bf16 | amp")] = "fp32",
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    tta: Annotated[Optional[int], typer.Option(
+        help="two-stage models: re-score the top K candidates over 8 flips (0 = off; default: "
+             "the model's setting)")] = None,
 ) -> None:
     """Detect nodules in one archived series; findings in patient mm with provenance."""
     from hounsfield.deploy.inference import infer_series
@@ -228,7 +231,8 @@ def infer_cmd(
         if precision not in ("fp32", "bf16", "amp"):
             raise InvalidInput(f"--precision {precision!r}: fp32, bf16 or amp")
         st = state(ctx)
-        res = infer_series(st.archive, st.settings, model, series_uid, precision=precision)  # type: ignore[arg-type]
+        res = infer_series(st.archive, st.settings, model, series_uid, precision=precision,  # type: ignore[arg-type]
+                           tta_top_k=tta)
         if as_json:
             console.print_json(json.dumps(res.to_dict()))
             return

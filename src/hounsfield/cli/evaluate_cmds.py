@@ -33,6 +33,9 @@ def evaluate_cmd(
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for 95% CIs")] = 1000,
     register_report: Annotated[bool, typer.Option("--attach/--no-attach",
                                                   help="attach the report to the model version")] = True,
+    tta: Annotated[Optional[int], typer.Option(
+        help="two-stage models: re-score the top K candidates over 8 flips (0 = off; default: "
+             "the model's setting)")] = None,
 ) -> None:
     """Score detections like LUNA16 (FROC, CPM, operating point, breakdowns, pass/fail)."""
     from hounsfield.evaluate.study import AcceptanceTargets
@@ -57,7 +60,7 @@ def evaluate_cmd(
             st = state(ctx)
             report, jp, hp = evaluate_model(st.archive, st.settings, model, dataset, split,
                                             out, targets=targets, bootstrap=bootstrap,
-                                            attach=register_report)
+                                            attach=register_report, tta_top_k=tta)
         else:
             raise InvalidInput("give MODEL --dataset D, or --predictions CSV --annotations CSV")
         print_summary(report)

@@ -62,18 +62,24 @@ def evaluate_runner(archive, settings, runner, ds, split: str, out: Path, *,
 
 def evaluate_model(archive, settings, model_ref: str, dataset_ref: str, split: str, out: Path, *,
                    targets: AcceptanceTargets | None = None, bootstrap: int = 1000,
-                   attach: bool = True) -> tuple[dict[str, Any], Path, Path]:
+                   attach: bool = True, tta_top_k: int | None = None,
+                   ) -> tuple[dict[str, Any], Path, Path]:
     """``hounsfield evaluate MODEL --dataset D --split S``: report, attached to the version."""
     from hounsfield.datasets.manifest import open_dataset
+    from hounsfield.deploy.inference import set_tta
     from hounsfield.models.bundle import load_runner
     from hounsfield.registry.mlflow_registry import ModelRegistry
 
     reg = ModelRegistry(settings)
     mv = reg.resolve(model_ref)
     runner = load_runner(reg.bundle_path(mv), name=mv.name, version=mv.version)
+    set_tta(runner, tta_top_k)
     ds = open_dataset(settings, dataset_ref)
+    tta = getattr(runner, "tta_top_k", 0)
     report, jp, hp = evaluate_runner(archive, settings, runner, ds, split, out,
-                                     targets=targets or AcceptanceTargets(), bootstrap=bootstrap)
+                                     targets=targets or AcceptanceTargets(), bootstrap=bootstrap,
+                                     context={"tta_top_k": tta} if tta else None)
     if attach:
-        reg.attach_report(mv, out, report, f"{ds.name}-v{ds.version}-{split}")
+        reg.attach_report(mv, out, report,
+                          f"{ds.name}-v{ds.version}-{split}" + (f"-tta{tta}" if tta else ""))
     return report, jp, hp

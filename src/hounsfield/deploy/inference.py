@@ -159,8 +159,9 @@ class DetectorRunner:
 
 
 def infer_series(archive, settings, model_ref: str, series_instance_uid: str, *,
-                 precision: Precision = "fp32") -> InferenceResult:
-    """Findings for one archived series from a registered model ``NAME[@VERSION]``."""
+                 precision: Precision = "fp32", tta_top_k: int | None = None) -> InferenceResult:
+    """Findings for one archived series from a registered model ``NAME[@VERSION]``;
+    ``tta_top_k`` overrides the model's test-time augmentation (two-stage models)."""
     from hounsfield.models.bundle import load_runner
     from hounsfield.models.volume import load_series
     from hounsfield.registry.mlflow_registry import ModelRegistry
@@ -168,4 +169,20 @@ def infer_series(archive, settings, model_ref: str, series_instance_uid: str, *,
     reg = ModelRegistry(settings)
     mv = reg.resolve(model_ref)
     runner = load_runner(reg.bundle_path(mv), name=mv.name, version=mv.version)
+    set_tta(runner, tta_top_k)
     return runner.run_volume(load_series(archive, series_instance_uid), precision=precision)
+
+
+def set_tta(runner, tta_top_k: int | None) -> None:  # noqa: ANN001
+    """Override a runner's test-time augmentation (``None`` keeps the model's setting)."""
+    from hounsfield.deploy.two_stage import TwoStageRunner
+    from hounsfield.errors import InvalidInput
+
+    if tta_top_k is None:
+        return
+    if tta_top_k < 0:
+        raise InvalidInput(f"--tta {tta_top_k}: the number of candidates to re-score, >= 0")
+    if not isinstance(runner, TwoStageRunner):
+        raise InvalidInput("--tta applies to two-stage models only (this one is a heatmap "
+                           "detector)")
+    runner.tta_top_k = tta_top_k

@@ -14,7 +14,7 @@ import torch
 from hounsfield.deploy.inference import Finding, InferenceResult, Precision
 from hounsfield.models.candidates import CandidateSpec
 from hounsfield.models.two_stage import (cached_candidates, candidate_device, classify,
-                                         merge_detections, spec_key)
+                                         classify_flips, merge_detections, spec_key)
 from hounsfield.models.volume import PreprocessPlan, Volume, to_patient
 
 
@@ -31,6 +31,7 @@ class TwoStageRunner:
     batch_size: int = 64
     model_name: str = ""
     model_version: str = ""
+    tta_top_k: int = 0  # re-score the k most probable candidates over 8 flips (0 = off)
 
     def run_volume(self, vol: Volume, *, precision: Precision = "fp32",
                    preprocessed: bool = False, cache_dir: Path | None = None,
@@ -51,6 +52,10 @@ class TwoStageRunner:
         if len(cands):
             probs = classify(self.net, prep.array, cands.zyx, self.patch,
                              batch_size=self.batch_size, precision=precision)
+            if self.tta_top_k:
+                top = np.argsort(-probs, kind="stable")[:self.tta_top_k]
+                probs[top] = classify_flips(self.net, prep.array, cands.zyx[top], self.patch,
+                                            batch_size=self.batch_size, precision=precision)
             keep = merge_detections(cands.zyx, cands.diameter_mm, probs,
                                     np.asarray(prep.spacing[::-1]))
             keep = keep[probs[keep] >= self.threshold][:self.top_k]
@@ -64,6 +69,7 @@ class TwoStageRunner:
             "model": self.model_name, "model_version": self.model_version,
             "series_instance_uid": vol.series_instance_uid, "plan": self.plan.model_dump(),
             "detector": "two-stage", "precision": precision, "patch": list(self.patch),
+            "tta_top_k": self.tta_top_k,
             "candidates": len(cands), "preprocess_s": round(t1 - t0, 3),
             "candidates_s": round(t2 - t1, 3), "network_s": round(t3 - t2, 3),
             "input_shape": list(vol.array.shape), "network_shape": list(prep.array.shape),

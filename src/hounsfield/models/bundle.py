@@ -150,6 +150,7 @@ def load_runner(path: Path | str, *, name: str = "", version: str = ""):
                               CandidateSpec.model_validate(hf["candidates"]),
                               tuple(hf["patch"]), threshold=inf["threshold"],
                               top_k=inf["top_k"], batch_size=inf["batch_size"],
+                              tta_top_k=int(inf.get("tta_top_k", 0)),
                               model_name=name, model_version=version)
     return DetectorRunner(net, PreprocessPlan.model_validate(hf["plan"]), tuple(inf["roi"]),
                           threshold=inf["threshold"], top_k=inf["top_k"], overlap=inf["overlap"],

@@ -59,6 +59,25 @@ def classify(net: torch.nn.Module, array: np.ndarray, centres_zyx: np.ndarray,
     return probs
 
 
+def classify_flips(net: torch.nn.Module, array: np.ndarray, centres_zyx: np.ndarray,
+                   patch: tuple[int, int, int], *, batch_size: int = 64,
+                   precision: str = "fp32") -> np.ndarray:
+    """Test-time augmentation: each candidate's mean probability over the 8 mirror images of its
+    patch (flips along z, y and x, as in training)."""
+    from hounsfield.deploy.inference import autocast
+
+    dev = next(net.parameters()).device
+    flips = [tuple(a for a, bit in zip((2, 3, 4), (m & 1, m & 2, m & 4)) if bit) for m in range(8)]
+    probs = np.zeros(len(centres_zyx), dtype=np.float64)
+    with torch.inference_mode(), autocast(precision, dev):  # type: ignore[arg-type]
+        for i in range(0, len(centres_zyx), batch_size):
+            x = torch.from_numpy(extract_patches(array, centres_zyx[i:i + batch_size], patch)).to(dev)
+            probs[i:i + batch_size] = np.mean(
+                [torch.sigmoid(net(x.flip(f) if f else x).float()).cpu().numpy() for f in flips],
+                axis=0)
+    return probs
+
+
 def spec_key(spec: CandidateSpec) -> str:
     """The candidate cache's key of ``spec`` (without the faint pass when there is none, so
     caches made before it existed stay valid)."""

@@ -70,6 +70,9 @@ class Inference(Strict):
     batch_size: int = Field(default=2, ge=1)
     threshold: float = Field(default=0.05, ge=0, le=1)
     top_k: int = Field(default=50, ge=1)
+    tta_top_k: int = Field(
+        default=0, ge=0, description="two-stage: re-score the k most probable candidates as the "
+        "mean over the 8 flips of their patch (test-time augmentation; 0 = off)")
 
 
 class Recipe(Strict):
