@@ -101,3 +101,8 @@ def test_recipes_validate(tmp_path) -> None:
         load_recipe(bad)
     with pytest.raises(InvalidInput, match="unknown recipe"):
         load_recipe("no-such-recipe")
+    # test-time augmentation: on for the two-stage presets, refused for a heatmap recipe
+    assert r.inference.tta_top_k == 100 and h.inference.tta_top_k == 0
+    bad.write_text("name: x\ndetector: heatmap\ninference:\n  tta_top_k: 10\n")
+    with pytest.raises(InvalidInput, match="tta_top_k"):
+        load_recipe(bad)

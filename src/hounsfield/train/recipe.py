@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hounsfield.errors import InvalidInput
 from hounsfield.evaluate.study import AcceptanceTargets
@@ -107,6 +107,13 @@ class Recipe(Strict):
     num_workers: int = Field(default=0, ge=0)
     fine_tune_lr_factor: float = Field(default=0.3, gt=0, le=1)
     targets: AcceptanceTargets = Field(default_factory=AcceptanceTargets)
+
+    @model_validator(mode="after")
+    def _tta_needs_two_stage(self) -> "Recipe":
+        if self.inference.tta_top_k and self.detector != "two-stage":
+            raise ValueError("inference.tta_top_k applies to the two-stage detector only "
+                             "(set it to 0 for a heatmap recipe)")
+        return self
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
