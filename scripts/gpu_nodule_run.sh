@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The two-stage nodule detector's gpu preset at full resolution on a lent GPU machine (issue 7):
-# synthetic CTs made on the device, candidates on its CPU cores, classifier trained on the GPU,
-# FROC / CPM on the held-out site; prints the times and one JSON result line. ~6-7 minutes.
+# synthetic CTs and lung masks made on the device's CPU cores, stage-1 candidates and the
+# classifier on the GPU, FROC / CPM on the held-out site; prints the times and one JSON result
+# line. The 2026-11-26 H100 run (72 CTs, 150 s of training) took 5.5 minutes:
+#   scripts/gpu_nodule_run.sh --train-patients 20 --test-patients 12 --minutes 2.5 --budget-s 390
 #
 # The device has torch + lightning + numpy + scipy + PyYAML but not pydantic or pydicom: fetch
 # their wheels once, here (needs the package index), into .whl/ (git-ignored):
 #   scripts/gpu_nodule_run.sh --fetch
 # then run it there with carry [".whl"]:
-#   scripts/gpu_nodule_run.sh [--train-patients 6] [--test-patients 10] [--minutes 2.5]
+#   scripts/gpu_nodule_run.sh [--train-patients 6] [--test-patients 10] [--minutes 2.5] [--budget-s S]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "--fetch" ]]; then

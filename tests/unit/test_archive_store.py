@@ -69,6 +69,7 @@ def test_same_data_set_under_another_file_meta_is_a_duplicate(any_archive):
     ts, body = part10_body(first.data)
     assert ts == ExplicitVRLittleEndian and bytes(body[:4]) == b"\x08\x00\x16\x00"
     assert part10_body(b"no dicom") is None
+    assert part10_body(b"\0" * 128 + b"DICM" + b"\x02\x00\x01\x00OB\0\0\x02") is None  # cut
     assert store_instance(any_archive, first, source="import").status == "stored"
     blobs_before = set(any_archive.blobs.keys())
     ds.file_meta.ImplementationVersionName = "OTHER_SENDER"

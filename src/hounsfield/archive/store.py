@@ -177,6 +177,8 @@ def part10_body(data: bytes) -> tuple[str, memoryview] | None:
         if group != 0x0002:
             break
         if bytes(view[pos + 4:pos + 6]) in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+            if pos + 12 > len(data):
+                return None  # truncated file meta
             (length,), head = struct.unpack_from("<I", data, pos + 8), 12
         else:
             (length,), head = struct.unpack_from("<H", data, pos + 6), 8
