@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from sqlalchemy import func, select
 
 from hounsfield.archive.models import Instance
@@ -128,6 +129,13 @@ def test_duplicate_policy(node_factory, tmp_path):  # noqa: F811
     with keep.archive.session() as s:
         row = s.scalar(select(Instance).where(Instance.sop_instance_uid == imported.sop_instance_uid))
     assert row.sha256 == imported.sha256  # the imported file is the copy kept
+    # pydicom's CT_small carries Data Set Trailing Padding, which storescu drops when it sends
+    ct_small = Path(get_testdata_file("CT_small.dcm"))
+    assert store_instance(keep.archive, parse_part10(ct_small.read_bytes()),
+                          source="import").status == "stored"
+    r = dcmtk("storescu", "-v", *_aec(keep), str(ct_small))
+    assert "Received Store Response (Success)" in r.stderr, r.stderr
+    assert _count(keep.archive) == 3 and len(list(keep.archive.blobs.keys())) == 3
     replace = node_factory(duplicate_policy="replace")
     assert dcmtk("storescu", *_aec(replace), str(files[0])).returncode == 0
     assert dcmtk("storescu", *_aec(replace), str(changed)).returncode == 0

@@ -88,6 +88,21 @@ def test_same_data_set_under_another_file_meta_is_a_duplicate(any_archive):
     with any_archive.session() as s:
         rows = instances_of(s, ds.SOPInstanceUID)
         assert len(rows) == 1 and any_archive.blobs.read(rows[0].blob_key) == first.data
+    # re-encoded by the sender: trailing padding dropped, a sequence's length undefined
+    seq = make_ds(sop=ds.SOPInstanceUID, study=ds.StudyInstanceUID, series=ds.SeriesInstanceUID)
+    seq.ReferencedImageSequence = [Dataset()]
+    seq.ReferencedImageSequence[0].ReferencedSOPInstanceUID = "1.2.3"
+    seq.add_new(0xFFFCFFFC, "OB", b"\0" * 16)
+    uid2 = generate_uid()
+    seq.SOPInstanceUID = seq.file_meta.MediaStorageSOPInstanceUID = uid2
+    assert store_instance(any_archive, parse_part10(to_bytes(seq)), source="import").status == "stored"
+    del seq[0xFFFCFFFC]
+    seq["ReferencedImageSequence"].is_undefined_length = True
+    seq.file_meta.ImplementationVersionName = "OTHER_SENDER"
+    out = store_instance(any_archive, parse_part10(to_bytes(seq)), source="MODALITY")
+    assert out.status == "duplicate", out.reason
+    seq.ReferencedImageSequence[0].ReferencedSOPInstanceUID = "1.2.4"  # a different object
+    assert store_instance(any_archive, parse_part10(to_bytes(seq)), source="M").status == "conflict"
     # a different data set under the same UID stays a conflict
     ds.StudyDescription = "changed"
     assert store_instance(any_archive, parse_part10(to_bytes(ds)), source="t").status == "conflict"

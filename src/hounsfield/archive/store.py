@@ -6,8 +6,9 @@ its rows committed.  A crash in between leaves at worst an orphan blob, which ``
 and repairs; never a row without its blob.
 
 Duplicates by SOPInstanceUID: identical bytes are skipped (``duplicate``), and so is the same
-data set in the same transfer syntax under a different Part 10 file meta (a file imported from
-disk, later re-sent by C-STORE: the receiver writes its own meta); a different object is a
+data set in the same transfer syntax under a different Part 10 file meta or encoding (a file
+imported from disk, later re-sent by C-STORE: the receiver writes its own meta, the sender may
+drop trailing padding and group lengths); a different object is a
 ``conflict`` under the ``keep-first`` policy (the first is kept) or ``replaced`` under
 ``replace``.
 """
@@ -201,9 +202,33 @@ def _same_data_set_in(archive: Archive) -> SameDataSet:
         except OSError:
             return False
         a, b = part10_body(old), part10_body(new)
-        return a is not None and b is not None and a[0] == b[0] and a[1] == b[1]
+        if a is None or b is None or a[0] != b[0]:
+            return False
+        return a[1] == b[1] or _equal_data_sets(old, new)
 
     return same
+
+
+def _equal_data_sets(a: bytes, b: bytes) -> bool:
+    """Element-by-element equality of two Part 10 data sets (same transfer syntax), ignoring
+    what a sender may re-encode without changing the object: group lengths (gggg,0000) and
+    Data Set Trailing Padding (FFFC,FFFC), which PS3.10 7.2 lets any application drop (dcmtk's
+    storescu does), and sequence / item length encodings."""
+    import io
+
+    import pydicom
+
+    def load(data: bytes) -> pydicom.Dataset | None:
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data))
+        except Exception:  # noqa: BLE001 - an unreadable blob is simply not equal
+            return None
+        for tag in [t for t in ds.keys() if t.element == 0 or t == 0xFFFCFFFC]:
+            del ds[tag]
+        return ds
+
+    da, db = load(a), load(b)
+    return da is not None and db is not None and da == db
 
 
 def _index(archive: Archive, batch: Sequence[ParsedInstance], sources: list[str], site: str,
