@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 
 from hounsfield.archive.models import Instance
@@ -62,14 +62,18 @@ def test_same_data_set_under_another_file_meta_is_a_duplicate(any_archive):
     file meta) is the same object: a duplicate, first kept, no second blob — also when the
     blob was written before the decision (the C-STORE path)."""
     from hounsfield.archive.blobstore import blob_key
-    from hounsfield.archive.store import part10_body
+    from hounsfield.archive.store import same_object
 
     ds = make_ds(StudyDescription="first")
     first = parse_part10(to_bytes(ds))
-    ts, body = part10_body(first.data)
-    assert ts == ExplicitVRLittleEndian and bytes(body[:4]) == b"\x08\x00\x16\x00"
-    assert part10_body(b"no dicom") is None
-    assert part10_body(b"\0" * 128 + b"DICM" + b"\x02\x00\x01\x00OB\0\0\x02") is None  # cut
+    assert not same_object(first.data, b"no dicom") and not same_object(b"\0" * 140, first.data)
+    implicit = make_ds(sop=ds.SOPInstanceUID, study=ds.StudyInstanceUID,
+                       series=ds.SeriesInstanceUID, StudyDescription="first")
+    implicit.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian  # same elements, other syntax
+    assert same_object(first.data, to_bytes(make_ds(
+        sop=ds.SOPInstanceUID, study=ds.StudyInstanceUID, series=ds.SeriesInstanceUID,
+        StudyDescription="first")))
+    assert not same_object(first.data, to_bytes(implicit))
     assert store_instance(any_archive, first, source="import").status == "stored"
     blobs_before = set(any_archive.blobs.keys())
     ds.file_meta.ImplementationVersionName = "OTHER_SENDER"

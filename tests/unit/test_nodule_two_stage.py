@@ -8,7 +8,7 @@ import torch
 
 from hounsfield.models.candidates import CandidateSpec, find_candidates, lung_mask
 from hounsfield.models.detector import NetworkSpec, build_network
-from hounsfield.models.two_stage import (classify, classify_flips, extract_patch, extract_patches,
+from hounsfield.models.two_stage import (classify, extract_patch, extract_patches,
                                          merge_detections)
 from hounsfield.models.volume import Volume
 from hounsfield.train.data import PreparedVolume
@@ -147,13 +147,13 @@ def test_hard_negative_mining_and_candidate_positives() -> None:
     assert negs and all(torch.isfinite(n["image"]).all() for n in negs)
 
 
-def test_classify_flips_is_the_mean_over_the_eight_mirror_images() -> None:
+def test_classify_with_flips_is_the_mean_over_the_eight_mirror_images() -> None:
     torch.manual_seed(0)
     net = build_network(NetworkSpec(name="patch_cnn", features=(4, 4, 8, 8, 8, 0))).eval()
     arr, spheres = chest(3)
     centres = np.array([s[0] for s in spheres] + [(20, 48, 48)], dtype=float)
     patch = (8, 16, 16)
-    got = classify_flips(net, arr, centres, patch, batch_size=2)
+    got = classify(net, arr, centres, patch, batch_size=2, flips=True)
     x = torch.from_numpy(extract_patches(arr, centres, patch))
     with torch.no_grad():
         expected = np.mean([torch.sigmoid(net(x.flip(dims))).numpy() for dims in

@@ -15,7 +15,6 @@ drop trailing padding and group lengths); a different object is a
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -167,31 +166,8 @@ def _decide(batch: Sequence[ParsedInstance], existing: dict[str, tuple[str, str]
     return outcomes, to_write, replaced_old, unused
 
 
-def part10_body(data: bytes) -> tuple[str, memoryview] | None:
-    """(transfer syntax UID, the data set's bytes) of a Part 10 file: what follows its file meta
-    group (explicit VR little endian, PS3.10 7.1); ``None`` when ``data`` is no Part 10 file."""
-    if len(data) < 132 or data[128:132] != b"DICM":
-        return None
-    view, pos, ts = memoryview(data), 132, ""
-    while pos + 8 <= len(data):
-        group, elem = struct.unpack_from("<HH", data, pos)
-        if group != 0x0002:
-            break
-        if bytes(view[pos + 4:pos + 6]) in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
-            if pos + 12 > len(data):
-                return None  # truncated file meta
-            (length,), head = struct.unpack_from("<I", data, pos + 8), 12
-        else:
-            (length,), head = struct.unpack_from("<H", data, pos + 6), 8
-        if elem == 0x0010:
-            value = bytes(view[pos + head:pos + head + length])
-            ts = value.rstrip(b"\0 ").decode("ascii", "replace")
-        pos += head + length
-    return ts, view[pos:]
-
-
 def _same_data_set_in(archive: Archive) -> SameDataSet:
-    """Whether an instance's data set (and transfer syntax) equals that of the stored blob."""
+    """Whether an instance is the stored blob's object (see :func:`same_object`)."""
     blobs = archive.blobs
 
     def same(p: ParsedInstance, stored_key: str) -> bool:
@@ -201,19 +177,17 @@ def _same_data_set_in(archive: Archive) -> SameDataSet:
                 blob_key(p.study_instance_uid, p.sop_instance_uid, p.sha256))
         except OSError:
             return False
-        a, b = part10_body(old), part10_body(new)
-        if a is None or b is None or a[0] != b[0]:
-            return False
-        return a[1] == b[1] or _equal_data_sets(old, new)
+        return same_object(old, new)
 
     return same
 
 
-def _equal_data_sets(a: bytes, b: bytes) -> bool:
-    """Element-by-element equality of two Part 10 data sets (same transfer syntax), ignoring
-    what a sender may re-encode without changing the object: group lengths (gggg,0000) and
-    Data Set Trailing Padding (FFFC,FFFC), which PS3.10 7.2 lets any application drop (dcmtk's
-    storescu does), and sequence / item length encodings."""
+def same_object(a: bytes, b: bytes) -> bool:
+    """Whether two Part 10 files hold the same object: the same transfer syntax and the same
+    data set element by element, ignoring the file meta and what a sender may re-encode without
+    changing the object — group lengths (gggg,0000), Data Set Trailing Padding (FFFC,FFFC),
+    which PS3.10 7.2 lets any application drop (dcmtk's storescu does), and sequence / item
+    length encodings.  Asked only when the bytes differ."""
     import io
 
     import pydicom
@@ -228,7 +202,10 @@ def _equal_data_sets(a: bytes, b: bytes) -> bool:
         return ds
 
     da, db = load(a), load(b)
-    return da is not None and db is not None and da == db
+    if da is None or db is None:
+        return False
+    ts = [getattr(d.file_meta, "TransferSyntaxUID", None) for d in (da, db)]
+    return ts[0] is not None and ts[0] == ts[1] and da == db
 
 
 def _index(archive: Archive, batch: Sequence[ParsedInstance], sources: list[str], site: str,

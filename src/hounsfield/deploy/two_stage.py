@@ -14,7 +14,7 @@ import torch
 from hounsfield.deploy.inference import Finding, InferenceResult, Precision
 from hounsfield.models.candidates import CandidateSpec
 from hounsfield.models.two_stage import (cached_candidates, candidate_device, classify,
-                                         classify_flips, merge_detections, spec_key)
+                                         merge_detections, spec_key)
 from hounsfield.models.volume import PreprocessPlan, Volume, to_patient
 
 
@@ -54,8 +54,9 @@ class TwoStageRunner:
                              batch_size=self.batch_size, precision=precision)
             if self.tta_top_k:
                 top = np.argsort(-probs, kind="stable")[:self.tta_top_k]
-                probs[top] = classify_flips(self.net, prep.array, cands.zyx[top], self.patch,
-                                            batch_size=self.batch_size, precision=precision)
+                probs[top] = classify(self.net, prep.array, cands.zyx[top], self.patch,
+                                      batch_size=self.batch_size, precision=precision,
+                                      flips=True)
             keep = merge_detections(cands.zyx, cands.diameter_mm, probs,
                                     np.asarray(prep.spacing[::-1]))
             keep = keep[probs[keep] >= self.threshold][:self.top_k]

@@ -184,17 +184,46 @@ def _scale_peaks(img: np.ndarray, d: float, per_scale: int, sp_zyx: np.ndarray,
     """The strongest ``per_scale`` local maxima of the blob filter at diameter ``d``: peaks of
     each scale separately — responses of different scales are not comparable enough to rank
     small nodules against big vessels."""
-    sig_mm = d / (2 * np.sqrt(3.0))
-    sig = np.maximum(sig_mm / sp_zyx, 0.5)
+    sig_mm, sig, size = scale_parameters(d, sp_zyx, spec)
     resp = dot_response(img, sig, sp_zyx, mask) * np.float32(sig_mm ** 2)
-    rad = max(spec.merge_mm, d / 2)
-    size = [max(3, 2 * int(round(rad / s)) + 1) for s in sp_zyx]
     peaks = (resp == ndimage.maximum_filter(resp, size=size, mode="nearest")) & \
         (resp >= spec.min_response)
     idx = np.argwhere(peaks)
     r = resp[tuple(idx.T)]
     order = np.argsort(-r, kind="stable")[:per_scale]
     return idx[order].astype(np.float64), r[order].astype(np.float64)
+
+
+def scale_parameters(d: float, sp_zyx: np.ndarray, spec: CandidateSpec
+                     ) -> tuple[float, np.ndarray, list[int]]:
+    """For a blob of diameter ``d`` mm: the Gaussian's sigma in mm and in voxels (at least 0.5)
+    and the peak-search window in voxels (odd, >= 3, the scale's radius or ``merge_mm``)."""
+    sig_mm = d / (2 * np.sqrt(3.0))
+    rad = max(spec.merge_mm, d / 2)
+    return (sig_mm, np.maximum(sig_mm / sp_zyx, 0.5),
+            [max(3, 2 * int(round(rad / s)) + 1) for s in sp_zyx])
+
+
+def hessian(g, sp_zyx):  # noqa: ANN001, ANN201 - numpy arrays or torch tensors alike
+    """Central-difference Hessian (per mm) of a smoothed volume ``g`` at its inner voxels:
+    ``(dzz, dyy, dxx, dzy, dzx, dyx)`` and the mask of where it is negative definite
+    (Sylvester's criterion).  Slicing and arithmetic only, so numpy and torch share it."""
+    hz, hy, hx = (float(v) for v in sp_zyx)
+    Z, Y, X = g.shape
+
+    def sh(dz: int, dy: int, dx: int):  # noqa: ANN202
+        return g[1 + dz:Z - 1 + dz, 1 + dy:Y - 1 + dy, 1 + dx:X - 1 + dx]
+
+    mid = sh(0, 0, 0)
+    dzz = (sh(1, 0, 0) - 2 * mid + sh(-1, 0, 0)) / (hz * hz)
+    dyy = (sh(0, 1, 0) - 2 * mid + sh(0, -1, 0)) / (hy * hy)
+    dxx = (sh(0, 0, 1) - 2 * mid + sh(0, 0, -1)) / (hx * hx)
+    dzy = (sh(1, 1, 0) - sh(1, -1, 0) - sh(-1, 1, 0) + sh(-1, -1, 0)) / (4 * hz * hy)
+    dzx = (sh(1, 0, 1) - sh(1, 0, -1) - sh(-1, 0, 1) + sh(-1, 0, -1)) / (4 * hz * hx)
+    dyx = (sh(0, 1, 1) - sh(0, 1, -1) - sh(0, -1, 1) + sh(0, -1, -1)) / (4 * hy * hx)
+    det2 = dzz * dyy - dzy * dzy
+    det3 = dzz * (dyy * dxx - dyx * dyx) - dzy * (dzy * dxx - dyx * dzx) + dzx * (dzy * dyx - dyy * dzx)
+    return (dzz, dyy, dxx, dzy, dzx, dyx), (dzz < 0) & (det2 > 0) & (det3 < 0)
 
 
 def dot_response(img: np.ndarray, sigma_vox: np.ndarray, sp_zyx: np.ndarray,
@@ -209,28 +238,15 @@ def dot_response(img: np.ndarray, sigma_vox: np.ndarray, sp_zyx: np.ndarray,
     ``mask``.
     """
     g = ndimage.gaussian_filter(img, sigma=sigma_vox)
-    hz, hy, hx = (float(v) for v in sp_zyx)
     c = (slice(1, -1),) * 3
-
-    def sh(dz: int, dy: int, dx: int) -> np.ndarray:
-        return g[1 + dz:g.shape[0] - 1 + dz, 1 + dy:g.shape[1] - 1 + dy, 1 + dx:g.shape[2] - 1 + dx]
-
-    mid = g[c]
-    dzz = (sh(1, 0, 0) - 2 * mid + sh(-1, 0, 0)) / (hz * hz)
-    dyy = (sh(0, 1, 0) - 2 * mid + sh(0, -1, 0)) / (hy * hy)
-    dxx = (sh(0, 0, 1) - 2 * mid + sh(0, 0, -1)) / (hx * hx)
-    dzy = (sh(1, 1, 0) - sh(1, -1, 0) - sh(-1, 1, 0) + sh(-1, -1, 0)) / (4 * hz * hy)
-    dzx = (sh(1, 0, 1) - sh(1, 0, -1) - sh(-1, 0, 1) + sh(-1, 0, -1)) / (4 * hz * hx)
-    dyx = (sh(0, 1, 1) - sh(0, 1, -1) - sh(0, -1, 1) + sh(0, -1, -1)) / (4 * hy * hx)
-    det2 = dzz * dyy - dzy * dzy
-    det3 = dzz * (dyy * dxx - dyx * dyx) - dzy * (dzy * dxx - dyx * dzx) + dzx * (dzy * dyx - dyy * dzx)
-    negdef = (dzz < 0) & (det2 > 0) & (det3 < 0) & mask[c]
+    (dzz, dyy, dxx, dzy, dzx, dyx), negdef = hessian(g, sp_zyx)
+    negdef &= mask[c]
     where = np.nonzero(negdef)
     h = np.empty((len(where[0]), 3, 3), dtype=np.float32)
     for (a, b), d in {(0, 0): dzz, (1, 1): dyy, (2, 2): dxx, (0, 1): dzy, (0, 2): dzx,
                       (1, 2): dyx}.items():
         h[:, a, b] = h[:, b, a] = d[where]
-    inner = np.zeros(mid.shape, dtype=np.float32)
+    inner = np.zeros(dzz.shape, dtype=np.float32)
     if len(where[0]):
         inner[where] = -np.linalg.eigvalsh(h)[:, 2]
     out = np.zeros(img.shape, dtype=np.float32)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hounsfield.models.candidates import CandidateSpec
+from hounsfield.models.candidates import CandidateSpec, hessian, scale_parameters
 
 ScalePeaks = Callable[[np.ndarray, float, int, np.ndarray, np.ndarray, CandidateSpec],
                       tuple[np.ndarray, np.ndarray]]
@@ -73,25 +73,10 @@ def gaussian(img: torch.Tensor, sigma_vox) -> torch.Tensor:
 
 def dot_response(img: torch.Tensor, sigma_vox, sp_zyx, mask: torch.Tensor) -> torch.Tensor:
     """``candidates.dot_response`` on a torch tensor."""
-    g = gaussian(img, sigma_vox)
-    hz, hy, hx = (float(v) for v in sp_zyx)
-    Z, Y, X = g.shape
-
-    def sh(dz: int, dy: int, dx: int) -> torch.Tensor:
-        return g[1 + dz:Z - 1 + dz, 1 + dy:Y - 1 + dy, 1 + dx:X - 1 + dx]
-
-    mid = sh(0, 0, 0)
-    dzz = (sh(1, 0, 0) - 2 * mid + sh(-1, 0, 0)) / (hz * hz)
-    dyy = (sh(0, 1, 0) - 2 * mid + sh(0, -1, 0)) / (hy * hy)
-    dxx = (sh(0, 0, 1) - 2 * mid + sh(0, 0, -1)) / (hx * hx)
-    dzy = (sh(1, 1, 0) - sh(1, -1, 0) - sh(-1, 1, 0) + sh(-1, -1, 0)) / (4 * hz * hy)
-    dzx = (sh(1, 0, 1) - sh(1, 0, -1) - sh(-1, 0, 1) + sh(-1, 0, -1)) / (4 * hz * hx)
-    dyx = (sh(0, 1, 1) - sh(0, 1, -1) - sh(0, -1, 1) + sh(0, -1, -1)) / (4 * hy * hx)
-    det2 = dzz * dyy - dzy * dzy
-    det3 = dzz * (dyy * dxx - dyx * dyx) - dzy * (dzy * dxx - dyx * dzx) + dzx * (dzy * dyx - dyy * dzx)
-    negdef = (dzz < 0) & (det2 > 0) & (det3 < 0) & mask[1:-1, 1:-1, 1:-1]
+    (dzz, dyy, dxx, dzy, dzx, dyx), negdef = hessian(gaussian(img, sigma_vox), sp_zyx)
+    negdef &= mask[1:-1, 1:-1, 1:-1]
     where = negdef.nonzero(as_tuple=True)
-    inner = torch.zeros_like(mid)
+    inner = torch.zeros_like(dzz)
     if len(where[0]):
         inner[where] = -largest_eigenvalue(*(t[where] for t in (dzz, dyy, dxx, dzy, dzx, dyx)))
     out = torch.zeros_like(img)
@@ -121,11 +106,8 @@ def scale_peaks(img: torch.Tensor, d: float, per_scale: int, sp_zyx, mask: torch
                 spec: CandidateSpec) -> tuple[np.ndarray, np.ndarray]:
     """``candidates._scale_peaks`` on torch tensors; returns numpy (voxel zyx, response)."""
     sp = np.asarray(sp_zyx, dtype=np.float32)
-    sig_mm = d / (2 * np.sqrt(3.0))
-    sig = np.maximum(sig_mm / sp, 0.5)
+    sig_mm, sig, size = scale_parameters(d, sp, spec)
     resp = dot_response(img, sig, sp, mask) * float(np.float32(sig_mm ** 2))
-    rad = max(spec.merge_mm, d / 2)
-    size = [max(3, 2 * int(round(rad / s)) + 1) for s in sp]
     mx = max_filter(resp, size)
     peaks = (resp == mx) & (resp >= spec.min_response)
     idx = peaks.nonzero()  # row-major, like np.argwhere

@@ -46,34 +46,21 @@ def extract_patches(array: np.ndarray, centres_zyx: np.ndarray,
 
 def classify(net: torch.nn.Module, array: np.ndarray, centres_zyx: np.ndarray,
              patch: tuple[int, int, int], *, batch_size: int = 64,
-             precision: str = "fp32") -> np.ndarray:
-    """Nodule probability of every candidate (batched patches through the classifier)."""
+             precision: str = "fp32", flips: bool = False) -> np.ndarray:
+    """Nodule probability of every candidate (batched patches through the classifier);
+    ``flips``: the mean over the 8 mirror images of each patch (flips along z, y and x, as in
+    training) — test-time augmentation."""
     from hounsfield.deploy.inference import autocast
 
     dev = next(net.parameters()).device
-    probs = np.zeros(len(centres_zyx), dtype=np.float64)
-    with torch.inference_mode(), autocast(precision, dev):  # type: ignore[arg-type]
-        for i in range(0, len(centres_zyx), batch_size):
-            x = torch.from_numpy(extract_patches(array, centres_zyx[i:i + batch_size], patch))
-            probs[i:i + batch_size] = torch.sigmoid(net(x.to(dev)).float()).cpu().numpy()
-    return probs
-
-
-def classify_flips(net: torch.nn.Module, array: np.ndarray, centres_zyx: np.ndarray,
-                   patch: tuple[int, int, int], *, batch_size: int = 64,
-                   precision: str = "fp32") -> np.ndarray:
-    """Test-time augmentation: each candidate's mean probability over the 8 mirror images of its
-    patch (flips along z, y and x, as in training)."""
-    from hounsfield.deploy.inference import autocast
-
-    dev = next(net.parameters()).device
-    flips = [tuple(a for a, bit in zip((2, 3, 4), (m & 1, m & 2, m & 4)) if bit) for m in range(8)]
+    dims = [tuple(a for a, bit in zip((2, 3, 4), (m & 1, m & 2, m & 4)) if bit)
+            for m in range(8 if flips else 1)]
     probs = np.zeros(len(centres_zyx), dtype=np.float64)
     with torch.inference_mode(), autocast(precision, dev):  # type: ignore[arg-type]
         for i in range(0, len(centres_zyx), batch_size):
             x = torch.from_numpy(extract_patches(array, centres_zyx[i:i + batch_size], patch)).to(dev)
             probs[i:i + batch_size] = np.mean(
-                [torch.sigmoid(net(x.flip(f) if f else x).float()).cpu().numpy() for f in flips],
+                [torch.sigmoid(net(x.flip(d) if d else x).float()).cpu().numpy() for d in dims],
                 axis=0)
     return probs
 
