@@ -4,6 +4,10 @@
 are sent by dcmtk's storescu (TCP_NODELAY=1) over 1 association and over 4 in parallel, to
 each receiver in turn, on the same machine in the same run.  Hounsfield runs as
 ``hounsfield serve`` with durability on (fsync + index commit before each acknowledgement).
+Besides the rates it prints the CPU time the whole machine spent per instance while each
+receiver was fed (senders, receiver and kernel together, from /proc/stat) and how busy the
+CPUs were: where the ratio to Orthanc is bounded by this machine's cores rather than by
+waiting, that column shows it.
 
     PYTHONPATH=src:. python benchmarks/bench_cstore.py [--n 1000] [--size 512]
 """
@@ -18,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -26,8 +31,21 @@ from benchmarks.common import machine  # noqa: E402
 from tests.helpers import free_port, wait_port  # noqa: E402
 
 
-def send(files: list[Path], port: int, aec: str, assocs: int) -> float:
+class Sent(NamedTuple):
+    secs: float
+    cpu_s: float  # CPU time of the whole machine while sending (every process, and the kernel)
+    busy: float  # share of the machine's CPUs busy while sending
+
+
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(v) - v[3] - v[4], sum(v)  # idle and iowait are not busy
+
+
+def send(files: list[Path], port: int, aec: str, assocs: int) -> Sent:
     chunks = [files[i::assocs] for i in range(assocs)]
+    b0, j0 = _machine_jiffies()
     t0 = time.perf_counter()
     procs = [subprocess.Popen(["storescu", "-aec", aec, "127.0.0.1", str(port), *map(str, c)],
                               env=PEER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -36,10 +54,12 @@ def send(files: list[Path], port: int, aec: str, assocs: int) -> float:
         _out, err = p.communicate()
         if p.returncode:
             raise RuntimeError(f"storescu failed: {err.decode()[-500:]}")
-    return time.perf_counter() - t0
+    secs = time.perf_counter() - t0
+    b1, j1 = _machine_jiffies()
+    return Sent(secs, (b1 - b0) / os.sysconf("SC_CLK_TCK"), (b1 - b0) / max(j1 - j0, 1))
 
 
-def run_hounsfield(files, work: Path, assocs: int) -> float:
+def run_hounsfield(files, work: Path, assocs: int) -> Sent:
     server = HounsfieldServer(work / "hf" / "var").start()
     try:
         return send(files, server.port, "HOUNSFIELD", assocs)
@@ -47,7 +67,7 @@ def run_hounsfield(files, work: Path, assocs: int) -> float:
         server.stop()
 
 
-def run_hounsfield_pynetdicom(files, work: Path, assocs: int) -> float:
+def run_hounsfield_pynetdicom(files, work: Path, assocs: int) -> Sent:
     """The same node with the lean storage path off: every association through pynetdicom."""
     server = HounsfieldServer(work / "hf" / "var",
                               env={"HOUNSFIELD_DICOM__LEAN_STORAGE": "false"}).start()
@@ -57,7 +77,7 @@ def run_hounsfield_pynetdicom(files, work: Path, assocs: int) -> float:
         server.stop()
 
 
-def run_hounsfield_x2(files, work: Path, assocs: int) -> float:
+def run_hounsfield_x2(files, work: Path, assocs: int) -> Sent:
     """Two `serve` processes sharing the port and the data dir (dicom.reuse_port)."""
     env = {"HOUNSFIELD_DICOM__REUSE_PORT": "true"}
     first = HounsfieldServer(work / "hf" / "var", env=env).start()
@@ -69,7 +89,7 @@ def run_hounsfield_x2(files, work: Path, assocs: int) -> float:
         first.stop()
 
 
-def run_orthanc(files, work: Path, assocs: int) -> float:
+def run_orthanc(files, work: Path, assocs: int) -> Sent:
     orthanc = Orthanc(work / "orthanc").start()
     try:
         return send(files, orthanc.dicom_port, orthanc.aet, assocs)
@@ -77,7 +97,7 @@ def run_orthanc(files, work: Path, assocs: int) -> float:
         orthanc.stop()
 
 
-def run_storescp(files, work: Path, assocs: int) -> float:
+def run_storescp(files, work: Path, assocs: int) -> Sent:
     port = free_port()
     out = work / "storescp"
     out.mkdir(parents=True)
@@ -109,20 +129,22 @@ def main() -> None:
         mb = sum(f.stat().st_size for f in files) / 1e6
         print(f"{args.n} CT instances {args.size}x{args.size} 16-bit, {mb:.0f} MB; "
               f"storescu with TCP_NODELAY=1; {machine()}")
-        results: dict[tuple[str, int], float] = {}
+        results: dict[tuple[str, int], Sent] = {}
         for assocs in [int(a) for a in args.assocs.split(",")]:
             for name, fn in RECEIVERS.items():
                 work = base / f"{name.replace(' ', '_')}-{assocs}"
-                secs = fn(files, work, assocs)
-                results[(name, assocs)] = secs
+                sent = fn(files, work, assocs)
+                results[(name, assocs)] = sent
                 shutil.rmtree(work, ignore_errors=True)
-                print(f"  {name:24s} {assocs} assoc: {args.n / secs:7.1f} inst/s", flush=True)
+                print(f"  {name:24s} {assocs} assoc: {args.n / sent.secs:7.1f} inst/s", flush=True)
         print()
-        print("| receiver | associations | instances/s | MB/s | vs Orthanc |")
-        print("|---|---|---|---|---|")
-        for (name, assocs), secs in results.items():
-            ratio = results[("Orthanc", assocs)] / secs
-            print(f"| {name} | {assocs} | {args.n / secs:.0f} | {mb / secs:.1f} | {ratio:.2f}x |")
+        print("| receiver | associations | instances/s | MB/s | vs Orthanc "
+              "| machine CPU per instance (busy) |")
+        print("|---|---|---|---|---|---|")
+        for (name, assocs), sent in results.items():
+            ratio = results[("Orthanc", assocs)].secs / sent.secs
+            print(f"| {name} | {assocs} | {args.n / sent.secs:.0f} | {mb / sent.secs:.1f} "
+                  f"| {ratio:.2f}x | {sent.cpu_s / args.n * 1000:.2f} ms ({sent.busy:.0%}) |")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
