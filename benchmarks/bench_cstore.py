@@ -82,6 +82,13 @@ def run_hounsfield_x2(files, work: Path, assocs: int) -> Sent:
     env = {"HOUNSFIELD_DICOM__REUSE_PORT": "true"}
     first = HounsfieldServer(work / "hf" / "var", env=env).start()
     second = HounsfieldServer(work / "hf" / "var", port=first.port, env=env).start()
+    # the port answers as soon as the first listens: wait until the second has started too
+    # (both log to the same file), or its start-up would be timed with the transfer
+    deadline = time.monotonic() + 60
+    while second.log.read_text(errors="replace").count("Ctrl-C") < 2:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the second node did not start: see {second.log}")
+        time.sleep(0.1)
     try:
         return send(files, first.port, "HOUNSFIELD", assocs)
     finally:
