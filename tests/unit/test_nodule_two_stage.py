@@ -4,6 +4,7 @@ candidate patches, labelling, non-maximum suppression, and the patch classifier'
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from hounsfield.models.candidates import CandidateSpec, find_candidates, lung_mask
@@ -161,3 +162,25 @@ def test_classify_with_flips_is_the_mean_over_the_eight_mirror_images() -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     # a random network is not mirror-symmetric: the averaged score differs from the plain one
     assert not np.allclose(got, classify(net, arr, centres, patch))
+
+
+
+def test_centre_head_reads_the_middle_of_each_block_and_keeps_old_bundles_loading() -> None:
+    """``NetworkSpec.centre``: the head also reads the central voxels of blocks 2-4, so it can
+    tell a candidate on a nodule from one beside it; the convolutions stay the same modules, so
+    a bundle saved without the centre head loads as before."""
+    from hounsfield.models.detector import _centre
+
+    spec = NetworkSpec(name="patch_cnn", features=(8, 16, 32, 48, 64, 0), centre=True)
+    net = build_network(spec)
+    old = build_network(spec.model_copy(update={"centre": False}))
+    assert set(old.state_dict()) == set(net.state_dict())
+    assert old.head[0].in_features == 2 * 48 and net.head[0].in_features == 2 * 48 + 16 + 32 + 48
+    assert net(torch.rand(3, 1, 16, 32, 32)).shape == (3,)
+    # even sizes: the middle two voxels along each axis; odd: the middle one
+    f = torch.zeros(1, 1, 4, 5, 6)
+    f[0, 0, 1:3, 2, 2:4] = 1.0
+    f[0, 0, 0, 0, 0] = 100.0
+    assert _centre(f).item() == 1.0
+    with pytest.raises(ValueError, match="option of patch_cnn"):
+        NetworkSpec(name="basic_unet", centre=True)

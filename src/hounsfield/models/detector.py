@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hounsfield.errors import InvalidInput
 
@@ -30,6 +30,14 @@ class NetworkSpec(BaseModel):
     name: str = "basic_unet"
     features: tuple[int, int, int, int, int, int] = (16, 16, 32, 64, 128, 16)
     dropout: float = Field(default=0.0, ge=0, lt=1)
+    #: patch_cnn: the head also reads the features at the patch's centre (see PatchClassifier)
+    centre: bool = False
+
+    @model_validator(mode="after")
+    def _centre_is_a_patch_classifier_option(self) -> NetworkSpec:
+        if self.centre and self.name != "patch_cnn":
+            raise ValueError(f"network.centre is an option of patch_cnn, not of {self.name}")
+        return self
 
 
 def _basic_unet(spec: NetworkSpec) -> torch.nn.Module:
@@ -49,6 +57,12 @@ class PatchClassifier(torch.nn.Module):
     block dominates the cost of scoring a thousand candidates per scan) — global average + max
     pooling, a ``features[4]``-wide hidden layer and one
     logit: "this candidate is a nodule".  Instance norm keeps DDP ranks equal to one process.
+
+    Global pooling cannot tell *where* in the patch a nodule is: a candidate on a vessel a few
+    millimetres beside a nodule sees the same nodule as one on the nodule's centre and is scored
+    alike.  With ``spec.centre`` the head also reads the central voxels (the middle one or two
+    along each axis) of the second, third and fourth blocks' features — the few millimetres
+    around the candidate at three scales.
     """
 
     def __init__(self, spec: NetworkSpec) -> None:
@@ -65,14 +79,34 @@ class PatchClassifier(torch.nn.Module):
                            torch.nn.LeakyReLU(0.1)]
             cin = w
         self.features = torch.nn.Sequential(*layers)
-        self.head = torch.nn.Sequential(torch.nn.Linear(2 * cin, spec.features[4]),
+        self.centre = spec.centre
+        n_in = 2 * cin + (sum(widths[1:]) if spec.centre else 0)
+        self.head = torch.nn.Sequential(torch.nn.Linear(n_in, spec.features[4]),
                                         torch.nn.LeakyReLU(0.1), torch.nn.Dropout(spec.dropout),
                                         torch.nn.Linear(spec.features[4], 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.features(x)
-        f = torch.cat([f.mean(dim=(2, 3, 4)), f.amax(dim=(2, 3, 4))], dim=1)
-        return self.head(f)[:, 0]
+        if not self.centre:
+            f = self.features(x)
+            return self.head(torch.cat([f.mean(dim=(2, 3, 4)), f.amax(dim=(2, 3, 4))], 1))[:, 0]
+        centres = []
+        f, block = x, 1
+        for layer in self.features:
+            if isinstance(layer, torch.nn.MaxPool3d):  # the end of a block
+                if block > 1:
+                    centres.append(_centre(f))
+                block += 1
+            f = layer(f)
+        centres.append(_centre(f))  # the last block's
+        return self.head(torch.cat([f.mean(dim=(2, 3, 4)), f.amax(dim=(2, 3, 4)), *centres],
+                                   1))[:, 0]
+
+
+def _centre(f: torch.Tensor) -> torch.Tensor:
+    """Mean of the central voxel (odd size) or two (even size) along each spatial axis."""
+    d, h, w = f.shape[2:]
+    return f[:, :, (d - 1) // 2:d // 2 + 1, (h - 1) // 2:h // 2 + 1,
+             (w - 1) // 2:w // 2 + 1].mean(dim=(2, 3, 4))
 
 
 def _patch_cnn(spec: NetworkSpec) -> torch.nn.Module:
