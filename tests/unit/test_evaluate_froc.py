@@ -188,3 +188,31 @@ def test_evaluate_cli_on_csvs(tmp_path) -> None:
     res = CliRunner().invoke(app, ["--data-dir", str(tmp_path / "var"), "evaluate",
                                    "--predictions", str(tmp_path / "p.csv")])
     assert res.exit_code == 2 and "--annotations" in res.output
+
+
+def test_stage1_breakdown_tells_unproposed_nodules_from_low_ranked_ones(tmp_path) -> None:
+    """With a two-stage detector's candidates, every breakdown row counts the nodules a
+    candidate lies on; the HTML report shows the column and the stage-1 recall."""
+    from hounsfield.evaluate.report import write_report
+
+    scans = ["a", "b"]
+    nodules = [Nodule("a", 0, 0, 0, 10.0, site="s1"),      # detected
+               Nodule("a", 40, 0, 0, 4.0, site="s1"),      # candidate on it, ranked too low
+               Nodule("b", 0, 40, 0, 4.0, site="s2")]      # no candidate within 2 mm
+    dets = [Detection("a", 1, 0, 0, 0.9), Detection("a", 40.5, 0, 0, 0.05),
+            Detection("a", 90, 0, 0, 0.5), Detection("b", 90, 90, 0, 0.6),
+            *(Detection("b", 90, 90, z, 0.4) for z in (20, 40, 60))]  # 5 FPs above 0.05
+    cands = {"a": np.array([[1.0, 0, 0], [40.5, 0, 0], [90, 0, 0]]),
+             "b": np.array([[0.0, 42.5, 0], [90, 90, 0]])}  # 2.5 mm off: outside the radius
+    rep = evaluate_detections(scans, nodules, dets, bootstrap=10, candidates=cands)
+    assert rep["stage1_recall"] == pytest.approx(2 / 3)
+    small = next(r for r in rep["by_size"] if r["group"] == "<6 mm")
+    assert (small["nodules"], small["stage1_hits"], small["detected"]) == (2, 1, 0)
+    by_site = {r["group"]: r["stage1_hits"] for r in rep["by_site"]}
+    assert by_site == {"s1": 2, "s2": 0}
+    _jp, hp = write_report(rep, tmp_path, title="t")
+    text = hp.read_text()
+    assert "stage-1 candidate on it" in text and "66.7%" in text
+    # without candidates (a one-stage detector, a predictions CSV) the report is unchanged
+    plain = evaluate_detections(scans, nodules, dets, bootstrap=10)
+    assert "stage1_recall" not in plain and "stage1_hits" not in plain["by_size"][0]

@@ -112,6 +112,8 @@ def print_summary(report: dict) -> None:
     t.add_row("FP/scan at operating point", f"{op['fp_per_scan']:.2f}")
     t.add_row("per-scan sensitivity / specificity",
               f"{pct(op['per_scan_sensitivity'])} / {pct(op['per_scan_specificity'])}")
+    if "stage1_recall" in report:
+        t.add_row("stage-1 candidates on a nodule (two-stage)", pct(report["stage1_recall"]))
     for c in report["checks"]:
         t.add_row(f"target: {c['name']} {c['op']} {c['target']:g}",
                   "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]")

@@ -13,20 +13,26 @@ from hounsfield.evaluate.study import AcceptanceTargets, evaluate_detections
 
 
 def predict_split(archive, settings, runner, ds, split: str, *, precision: str = "fp32",
-                  on_item=None) -> tuple[list[str], list[Detection], dict[str, str], float]:
-    """Detections of ``runner`` on every series of a split (preprocessed volumes are cached)."""
+                  on_item=None) -> tuple[list[str], list[Detection], dict[str, str], float,
+                                         dict[str, Any] | None]:
+    """Detections of ``runner`` on every series of a split (preprocessed volumes are cached),
+    and for a two-stage runner its stage-1 candidates per series (patient mm)."""
     from hounsfield.deploy.two_stage import TwoStageRunner
     from hounsfield.train.data import _cached, volume_key
 
     cache = Path(settings.data_dir) / "cache" / "preprocessed"
     scans, dets, sites = [], [], {}
+    two_stage = isinstance(runner, TwoStageRunner)
+    candidates: dict[str, Any] | None = {} if two_stage else None
     t0 = time.perf_counter()
     for row in ds.series(split):
         uid = row["series_instance_uid"]
         vol = _cached(archive, row, runner.plan, cache)
-        if isinstance(runner, TwoStageRunner):  # candidates cached like the volume
+        if two_stage:  # candidates cached like the volume
             res = runner.run_volume(vol, precision=precision, preprocessed=True,
-                                    cache_dir=cache, cache_key=volume_key(row, runner.plan))
+                                    cache_dir=cache, cache_key=volume_key(row, runner.plan),
+                                    keep_candidates=True)
+            candidates[uid] = res.candidates_mm
         else:
             res = runner.run_volume(vol, precision=precision, preprocessed=True)
         scans.append(uid)
@@ -35,21 +41,21 @@ def predict_split(archive, settings, runner, ds, split: str, *, precision: str =
                     for f in res.findings)
         if on_item:
             on_item(row)
-    return scans, dets, sites, time.perf_counter() - t0
+    return scans, dets, sites, time.perf_counter() - t0, candidates
 
 
 def evaluate_runner(archive, settings, runner, ds, split: str, out: Path, *,
                     targets: AcceptanceTargets, bootstrap: int = 1000, title: str = "",
                     context: dict[str, Any] | None = None, precision: str = "fp32",
                     on_item=None) -> tuple[dict[str, Any], Path, Path]:
-    scans, dets, sites, secs = predict_split(archive, settings, runner, ds, split,
-                                             precision=precision, on_item=on_item)
+    scans, dets, sites, secs, cands = predict_split(archive, settings, runner, ds, split,
+                                                    precision=precision, on_item=on_item)
     from hounsfield.errors import InvalidInput
 
     if not scans:
         raise InvalidInput(f"dataset {ds.ref} has no series in split {split!r}")
     report = evaluate_detections(scans, ds.nodules(scans), dets, scan_sites=sites,
-                                 targets=targets, bootstrap=bootstrap)
+                                 targets=targets, bootstrap=bootstrap, candidates=cands)
     report["inference_seconds"] = round(secs, 2)
     out.mkdir(parents=True, exist_ok=True)
     write_predictions(out / "predictions.csv", dets)

@@ -40,6 +40,9 @@ class InferenceResult:
     series_instance_uid: str
     findings: list[Finding]
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: two-stage detectors, when asked (evaluation): every stage-1 candidate's centre in patient
+    #: mm (N x 3), so a report can tell nodules stage 1 missed from those stage 2 ranked low
+    candidates_mm: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"series_instance_uid": self.series_instance_uid,

@@ -35,9 +35,10 @@ class TwoStageRunner:
 
     def run_volume(self, vol: Volume, *, precision: Precision = "fp32",
                    preprocessed: bool = False, cache_dir: Path | None = None,
-                   cache_key: str = "") -> InferenceResult:
+                   cache_key: str = "", keep_candidates: bool = False) -> InferenceResult:
         """Findings for one volume; stage-1 candidates are cached under ``cache_dir`` by
-        ``cache_key`` (the preprocessed volume's content key) when both are given."""
+        ``cache_key`` (the preprocessed volume's content key) when both are given, and
+        returned in patient mm (``candidates_mm``) with ``keep_candidates``."""
         t0 = time.perf_counter()
         prep = vol if preprocessed else self.plan.apply(vol)
         t1 = time.perf_counter()
@@ -66,7 +67,7 @@ class TwoStageRunner:
                                     float(cands.diameter_mm[k]), float(probs[k]))
                             for p, k in zip(mm, keep)]
         t3 = time.perf_counter()
-        return InferenceResult(vol.series_instance_uid, findings, {
+        provenance = {
             "model": self.model_name, "model_version": self.model_version,
             "series_instance_uid": vol.series_instance_uid, "plan": self.plan.model_dump(),
             "detector": "two-stage", "precision": precision, "patch": list(self.patch),
@@ -74,4 +75,9 @@ class TwoStageRunner:
             "candidates": len(cands), "preprocess_s": round(t1 - t0, 3),
             "candidates_s": round(t2 - t1, 3), "network_s": round(t3 - t2, 3),
             "input_shape": list(vol.array.shape), "network_shape": list(prep.array.shape),
-        })
+        }
+        every = None
+        if keep_candidates:
+            every = to_patient(prep, cands.zyx) if len(cands) else np.zeros((0, 3))
+        return InferenceResult(vol.series_instance_uid, findings, provenance,
+                               candidates_mm=every)

@@ -144,6 +144,10 @@ def render_html(report: dict[str, Any], *, title: str, context: dict[str, Any] |
                  ("per_scan_specificity", "per-scan specificity", True)]
     grp_cols = [("group", "group", False), ("nodules", "nodules", False),
                 ("detected", "detected", False), ("sensitivity", "detection rate", True)]
+    if "stage1_recall" in report:  # two-stage: where a nodule was lost, stage 1 or stage 2
+        s1 = ("stage1_hits", "stage-1 candidate on it", False)
+        grp_cols = [*grp_cols[:2], s1, *grp_cols[2:]]
+        site_cols = [*site_cols[:3], s1, *site_cols[3:]]
     sens_rows = [{"group": k, "sensitivity": v} for k, v in report["sensitivity_at"].items()]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>
@@ -158,8 +162,16 @@ def render_html(report: dict[str, Any], *, title: str, context: dict[str, Any] |
 <p>Lesion matching as in LUNA16 (a detection hits a nodule when its centre lies within the
 nodule's radius); CPM and FROC computed as monai.metrics; 95% CIs from
 {report["bootstrap"]["resamples"]} bootstrap resamples of scans (seed {report["bootstrap"]["seed"]}).
-Detection rate and per-site/size/type figures are at the operating point.</p>
+Detection rate and per-site/size/type figures are at the operating point.{_stage1_note(report)}</p>
 </body></html>"""
+
+
+def _stage1_note(report: dict[str, Any]) -> str:
+    if "stage1_recall" not in report:
+        return ""
+    return (f" Stage 1 (candidates) put a candidate on {_fmt(report['stage1_recall'], True)} "
+            "of the nodules: a nodule counted there but not detected was ranked below the "
+            "operating point by stage 2 (the classifier); one not counted was never proposed.")
 
 
 def render_comparison_html(base: dict[str, Any], tuned: dict[str, Any], *, title: str,

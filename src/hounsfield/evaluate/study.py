@@ -124,7 +124,8 @@ def _operating(m: Matching, thr: float, scan_positive: np.ndarray) -> dict[str, 
 
 
 def _group_rows(m: Matching, thr: float, groups: Mapping[str, np.ndarray],
-                scan_groups: Mapping[str, np.ndarray] | None) -> list[dict[str, Any]]:
+                scan_groups: Mapping[str, np.ndarray] | None,
+                stage1: np.ndarray | None = None) -> list[dict[str, Any]]:
     rows = []
     for name, nod_mask in groups.items():
         detected = m.nodule_hit & (m.nodule_scores >= thr) & nod_mask
@@ -134,6 +135,8 @@ def _group_rows(m: Matching, thr: float, groups: Mapping[str, np.ndarray],
             "detected": int(detected.sum()),
             "sensitivity": _rate(detected.sum(), nod_mask.sum()),
         }
+        if stage1 is not None:
+            row["stage1_hits"] = int((stage1 & nod_mask).sum())
         if scan_groups is not None and name in scan_groups:
             sub = _subset(m, scan_groups[name])
             row["scans"] = sub.num_scans
@@ -146,6 +149,17 @@ def _group_rows(m: Matching, thr: float, groups: Mapping[str, np.ndarray],
             row["per_scan_specificity"] = op["per_scan_specificity"]
         rows.append(row)
     return rows
+
+
+def _stage1_hits(m: Matching, candidates: Mapping[str, Any]) -> np.ndarray:
+    """Per nodule of ``m``: does a stage-1 candidate's centre lie within its radius?"""
+    hits = np.zeros(m.num_nodules, dtype=bool)
+    for i, n in enumerate(m.nodules):
+        c = candidates.get(n.scan)
+        if c is not None and len(c):
+            d = np.linalg.norm(np.asarray(c, dtype=np.float64) - [n.x, n.y, n.z], axis=1)
+            hits[i] = bool((d <= n.diameter_mm / 2).any())
+    return hits
 
 
 def size_label(d: float, bins: Sequence[float] = SIZE_BINS_MM) -> str:
@@ -167,8 +181,14 @@ def evaluate_detections(
     targets: AcceptanceTargets | None = None,
     bootstrap: int = 1000,
     seed: int = 0,
+    candidates: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The full study report (a JSON-ready dict) for detections on ``scans``."""
+    """The full study report (a JSON-ready dict) for detections on ``scans``.
+
+    ``candidates``: a two-stage detector's stage-1 candidate centres per scan (N x 3 patient
+    mm); then every breakdown row also counts the nodules a candidate lies on (``stage1_hits``,
+    LUNA16's hit rule), which tells a nodule stage 1 never proposed from one stage 2 ranked
+    below the operating point."""
     targets = targets or AcceptanceTargets()
     m = match(scans, nodules, detections, excluded)
     if m.num_scans == 0:
@@ -196,6 +216,7 @@ def evaluate_detections(
         det = (m.nodule_hit & (m.nodule_scores >= thr)) * nw
         boot_op.append(det.sum() / nw.sum())
 
+    stage1 = None if candidates is None else _stage1_hits(m, candidates)
     sites = dict(scan_sites or {})
     for n in m.nodules:
         if n.site and n.scan not in sites:
@@ -204,15 +225,15 @@ def evaluate_detections(
     scan_site = np.array([sites.get(s, "") or "unknown" for s in m.scans])
     nod_site = scan_site[m.nodule_scan] if m.num_nodules else np.zeros(0, dtype=str)
     by_site = _group_rows(
-        m, thr, {s: nod_site == s for s in site_names}, {s: scan_site == s for s in site_names}
-    )
+        m, thr, {s: nod_site == s for s in site_names}, {s: scan_site == s for s in site_names},
+        stage1)
     sizes = [size_label(n.diameter_mm) for n in m.nodules]
     size_names = [size_label(b - 1e-9) for b in SIZE_BINS_MM] + [size_label(1e9)]
     by_size = _group_rows(m, thr, {s: np.array([x == s for x in sizes], dtype=bool)
-                                   for s in size_names}, None)
+                                   for s in size_names}, None, stage1)
     types = [n.nodule_type or "unspecified" for n in m.nodules]
     by_type = _group_rows(m, thr, {t: np.array([x == t for x in types], dtype=bool)
-                                   for t in sorted(set(types))}, None)
+                                   for t in sorted(set(types))}, None, stage1)
 
     checks = [
         _check("detection rate at operating point", ">=", targets.min_detection_rate,
@@ -239,6 +260,7 @@ def evaluate_detections(
         "by_site": by_site,
         "by_size": by_size,
         "by_type": by_type,
+        **({} if stage1 is None else {"stage1_recall": _rate(stage1.sum(), m.num_nodules)}),
         "froc": {"fp_per_scan": fps[::-1].tolist(), "sensitivity": sens[::-1].tolist()},
         "bootstrap": {"resamples": len(boot_cpm), "seed": seed, "unit": "scan"},
         "targets": targets.model_dump(),
