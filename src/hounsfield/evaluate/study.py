@@ -152,14 +152,10 @@ def _group_rows(m: Matching, thr: float, groups: Mapping[str, np.ndarray],
 
 
 def _stage1_hits(m: Matching, candidates: Mapping[str, Any]) -> np.ndarray:
-    """Per nodule of ``m``: does a stage-1 candidate's centre lie within its radius?"""
-    hits = np.zeros(m.num_nodules, dtype=bool)
-    for i, n in enumerate(m.nodules):
-        c = candidates.get(n.scan)
-        if c is not None and len(c):
-            d = np.linalg.norm(np.asarray(c, dtype=np.float64) - [n.x, n.y, n.z], axis=1)
-            hits[i] = bool((d <= n.diameter_mm / 2).any())
-    return hits
+    """Per nodule of ``m``: does a stage-1 candidate hit it (:func:`match`'s LUNA16 rule)?"""
+    cands = [Detection(scan, float(x), float(y), float(z), 0.0)
+             for scan in m.scans for x, y, z in candidates.get(scan, ())]
+    return match(m.scans, m.nodules, cands).nodule_hit
 
 
 def size_label(d: float, bins: Sequence[float] = SIZE_BINS_MM) -> str:
