@@ -98,3 +98,79 @@ def make_sites(archive, *, sites=("A", "B", "C"), patients_per_site: int = 5,
             truth += [Nodule(uid, c[0], c[1], c[2], c[3], site=site,
                              nodule_type="solid") for c in nods]
     return truth
+
+
+def write_zoo_retinanet_bundle(root, *, backbone: str = "resnet10",
+                               pixdim=(1.5, 1.5, 2.0), roi=(64, 64, 32),
+                               score_thresh: float = 0.02, seed: int = 0,
+                               extra: dict | None = None):
+    """A bundle laid out like MONAI's model-zoo ``lung_nodule_ct_detection`` (its
+    ``inference.json`` written as a ConfigParser program: ``$`` expressions, ``@`` references,
+    ``_target_`` constructors), with random weights from MONAI's own RetinaNet; the
+    classification bias is zeroed so untrained weights still produce boxes."""
+    import json
+    from pathlib import Path
+
+    import torch
+    from monai.networks.nets import resnet
+
+    from hounsfield.models.zoo import _BackboneWithFPN
+
+    root = Path(root)
+    (root / "configs").mkdir(parents=True, exist_ok=True)
+    (root / "models").mkdir(exist_ok=True)
+    cfg = {
+        "whether_raw_luna16": False,
+        "whether_resampled_luna16": "$(not @whether_raw_luna16)",
+        "imports": ["$import glob", "$import os"],
+        "bundle_root": "./",
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "amp": True,
+        "infer_patch_size": list(roi),
+        "anchor_generator": {
+            "_target_": "monai.apps.detection.utils.anchor_utils.AnchorGeneratorWithAnchorShape",
+            "feature_map_scales": [1, 2, 4],
+            "base_anchor_shapes": [[6, 8, 4], [8, 6, 5], [10, 10, 6]]},
+        "backbone": f"$monai.networks.nets.resnet.{backbone}(spatial_dims=3,n_input_channels=1,"
+                    "conv1_t_stride=[2,2,1],conv1_t_size=[7,7,7])",
+        "feature_extractor": "$monai.apps.detection.networks.retinanet_network."
+                             "resnet_fpn_feature_extractor(@backbone,3,False,[1,2],None)",
+        "network_def": {"_target_": "RetinaNet", "spatial_dims": 3, "num_classes": 1,
+                        "num_anchors": 3, "feature_extractor": "@feature_extractor",
+                        "size_divisible": [16, 16, 8]},
+        "network": "$@network_def.to(@device)",
+        "detector": {"_target_": "RetinaNetDetector", "network": "@network",
+                     "anchor_generator": "@anchor_generator", "debug": False},
+        "detector_ops": [
+            "$@detector.set_target_keys(box_key='box', label_key='label')",
+            f"$@detector.set_box_selector_parameters(score_thresh={score_thresh},"
+            "topk_candidates_per_level=1000,nms_thresh=0.22,detections_per_img=300)",
+            "$@detector.set_sliding_window_inferer(roi_size=@infer_patch_size,overlap=0.25,"
+            "sw_batch_size=1,mode='constant',device='cpu')"],
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image", "meta_key_postfix": "meta_dict",
+             "reader": "itkreader", "affine_lps_to_ras": True},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+            {"_target_": "Spacingd", "keys": "image", "pixdim": list(pixdim),
+             "_disabled_": "@whether_resampled_luna16"},
+            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -1024.0,
+             "a_max": 300.0, "b_min": 0.0, "b_max": 1.0, "clip": True},
+            {"_target_": "EnsureTyped", "keys": "image"}]},
+    }
+    cfg.update(extra or {})
+    (root / "configs" / "inference.json").write_text(json.dumps(cfg, indent=4))
+    (root / "configs" / "metadata.json").write_text(json.dumps(
+        {"name": "lung_nodule_ct_detection", "version": "0.6.9", "monai_version": "1.4.0",
+         "task": "CT lung nodule detection", "description": "test bundle, random weights"}))
+    from monai.apps.detection.networks.retinanet_network import RetinaNet
+
+    torch.manual_seed(seed)
+    bb = getattr(resnet, backbone)(spatial_dims=3, n_input_channels=1, conv1_t_stride=[2, 2, 1],
+                                   conv1_t_size=[7, 7, 7])
+    net = RetinaNet(spatial_dims=3, num_classes=1, num_anchors=3,
+                    feature_extractor=_BackboneWithFPN(bb, [1, 2]), size_divisible=[16, 16, 8])
+    state = net.state_dict()
+    state["classification_head.cls_logits.bias"].zero_()
+    torch.save({"model": state}, root / "models" / "model.pt")
+    return root

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from hounsfield.cli.main import app
 from hounsfield.evaluate.luna_csv import write_annotations
-from tests.nodule_helpers import make_sites
+from tests.nodule_helpers import make_sites, write_zoo_retinanet_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -77,14 +77,32 @@ def test_train_register_infer_evaluate_finetune(archive, settings, tmp_path) -> 
     res2 = json.loads(run(["infer", "imported@1", series, "--json"], data))
     assert res2["provenance"]["model"] == "imported"
 
-    # a model-zoo bundle we cannot run here registers, and inference refuses with a reason
-    zoo = tmp_path / "lung_nodule_ct_detection"
-    (zoo / "configs").mkdir(parents=True)
-    (zoo / "models").mkdir()
-    (zoo / "configs" / "metadata.json").write_text(json.dumps(
-        {"name": "lung_nodule_ct_detection", "version": "0.6.9", "monai_version": "1.4.0"}))
-    (zoo / "models" / "model.pt").write_bytes(b"not loaded")
-    assert "MONAI zoo bundle" in run(["models", "import", str(zoo)], data)
-    out = run(["infer", "lung_nodule_ct_detection", series], data, code=2)
-    assert "torchvision" in out
+    # a MONAI model-zoo RetinaNet bundle (lung_nodule_ct_detection layout; random weights)
+    # registers, runs through `infer` and is scored by `evaluate` like our own models
+    zoo = write_zoo_retinanet_bundle(tmp_path / "lung_nodule_ct_detection")
+    out = run(["models", "import", str(zoo)], data)
+    assert "lung_nodule_ct_detection@1" in out and "resnet10 FPN at 1.5 x 1.5 x 2 mm" in out
+    res3 = json.loads(run(["infer", "lung_nodule_ct_detection", series, "--json"], data))
+    assert res3["provenance"]["detector"] == "monai-zoo RetinaNet (resnet10 FPN)"
+    assert res3["provenance"]["model_version"] == "1" and len(res3["findings"]) == 300
+    assert "this one is a MONAI zoo RetinaNet" in " ".join(run(
+        ["infer", "lung_nodule_ct_detection", series, "--tta", "5"], data, code=2).split())
+    zoo_eval = tmp_path / "zoo-eval"
+    out = CliRunner().invoke(app, ["--data-dir", str(data), "--profile", "demo", "evaluate",
+                                   "lung_nodule_ct_detection@1", "--dataset", "nod", "--split",
+                                   "heldout-test", "--out", str(zoo_eval), "--bootstrap", "20"])
+    assert out.exit_code in (0, 1), out.output
+    rep = json.loads((zoo_eval / "report.json").read_text())
+    assert rep["scans"] > 0 and "cpm" in rep and "stage1_recall" not in rep
+
+    # a zoo bundle Hounsfield cannot run (no inference.json) registers; infer says why
+    other = tmp_path / "other_bundle"
+    (other / "configs").mkdir(parents=True)
+    (other / "models").mkdir()
+    (other / "configs" / "metadata.json").write_text(json.dumps(
+        {"name": "other_bundle", "version": "0.1.0", "monai_version": "1.4.0"}))
+    (other / "models" / "model.pt").write_bytes(b"not loaded")
+    assert "not runnable here" in run(["models", "import", str(other)], data)
+    out = run(["infer", "other_bundle", series], data, code=2)
+    assert "configs/inference.json" in out.replace("\n", "")
     run(["infer", "nodules@9", series], data, code=2)

@@ -196,9 +196,19 @@ def models_import(
             raise InvalidInput(f"{path} is not a directory")
         info = read_bundle_info(path)
         nm = name or info["metadata"].get("name") or path.name
+        runnable = "runnable here"
+        if info["hounsfield"] is None:  # a model-zoo bundle: say whether `infer` can run it
+            from hounsfield.models.zoo import load_zoo_config
+
+            try:
+                z = load_zoo_config(path)
+                runnable = (f"MONAI zoo RetinaNet bundle, {z.backbone} FPN at "
+                            f"{' x '.join(f'{v:g}' for v in z.pixdim)} mm: runnable here")
+            except InvalidInput as exc:
+                runnable = f"MONAI zoo bundle, registered but not runnable here: {exc}"
         mv = ModelRegistry(state(ctx).settings).import_bundle(path, nm.replace(" ", "_"))
-        console.print(f"registered [bold]{mv.ref}[/] "
-                      f"({'runnable here' if info['hounsfield'] else 'MONAI zoo bundle'})")
+        console.print(f"registered [bold]{mv.ref}[/] ({runnable})", highlight=False,
+                      soft_wrap=True)
 
 
 def models_export(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="NAME[@VERSION]")],

@@ -186,6 +186,7 @@ def set_tta(runner, tta_top_k: int | None) -> None:  # noqa: ANN001
     if tta_top_k < 0:
         raise InvalidInput(f"--tta {tta_top_k}: the number of candidates to re-score, >= 0")
     if not isinstance(runner, TwoStageRunner):
-        raise InvalidInput("--tta applies to two-stage models only (this one is a heatmap "
-                           "detector)")
+        kind = ("a MONAI zoo RetinaNet" if type(runner).__name__ == "ZooRetinaNetRunner"
+                else "a heatmap detector")
+        raise InvalidInput(f"--tta applies to two-stage models only (this one is {kind})")
     runner.tta_top_k = tta_top_k

@@ -125,10 +125,8 @@ def load_network(path: Path | str) -> tuple[torch.nn.Module, dict[str, Any]]:
     hf = info["hounsfield"]
     if hf is None:
         name = info["metadata"].get("name", Path(path).name)
-        raise InvalidInput(
-            f"bundle {name!r} is a MONAI model-zoo bundle without a Hounsfield runner config; it "
-            "is registered and exportable, but running it here needs its own network code (the "
-            "zoo's RetinaNet bundles need torchvision, which this CPU torch build lacks)")
+        raise InvalidInput(f"bundle {name!r} is a MONAI model-zoo bundle, not a Hounsfield "
+                           "network bundle (load_runner runs it)")
     net = build_network(NetworkSpec.model_validate(hf["network"]))
     state = torch.load(Path(path) / "models" / "model.pt", map_location="cpu", weights_only=True)
     net.load_state_dict(state)
@@ -137,9 +135,14 @@ def load_network(path: Path | str) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 
 def load_runner(path: Path | str, *, name: str = "", version: str = ""):
-    """A :class:`~hounsfield.deploy.inference.DetectorRunner` for a Hounsfield bundle."""
+    """The runner of a bundle: Hounsfield's (heatmap or two-stage detector) or a MONAI
+    model-zoo RetinaNet bundle (:class:`~hounsfield.deploy.zoo_runner.ZooRetinaNetRunner`)."""
     from hounsfield.deploy.inference import DetectorRunner
 
+    if read_bundle_info(path)["hounsfield"] is None:  # a MONAI model-zoo bundle
+        from hounsfield.deploy.zoo_runner import load_zoo_runner
+
+        return load_zoo_runner(path, name=name, version=version)
     net, hf = load_network(path)
     inf = hf["inference"]
     if hf.get("detector", "heatmap") == "two-stage":
