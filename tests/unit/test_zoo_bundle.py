@@ -122,6 +122,11 @@ def test_config_is_read_not_evaluated(tmp_path) -> None:
     with pytest.raises(InvalidInput, match="not a MONAI RetinaNet"):
         load_zoo_runner(other)
 
+    positional = write_zoo_retinanet_bundle(tmp_path / "pos", extra={"detector_ops": [
+        "$@detector.set_box_selector_parameters(0.02,1000,0.22,300)"]})
+    with pytest.raises(InvalidInput, match="keyword arguments only"):
+        load_zoo_runner(positional)
+
     wrong = write_zoo_retinanet_bundle(tmp_path / "wrong")  # resnet10 weights ...
     text = (wrong / "configs" / "inference.json").read_text().replace("resnet10", "resnet18")
     (wrong / "configs" / "inference.json").write_text(text)  # ... a resnet18 config

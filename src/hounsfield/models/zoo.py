@@ -181,6 +181,9 @@ def read_retinanet_config(cfg: dict[str, Any]) -> ZooRetinaNetConfig:
                                          or "set_sliding_window_inferer" in op)):
             continue  # set_target_keys etc.: naming only
         fn, args, kw = _call(op, f"detector_ops[{i}]")
+        if args:
+            raise InvalidInput(f"inference.json detector_ops[{i}]: {_short(fn)} with positional "
+                               "arguments; Hounsfield reads keyword arguments only here")
         for k, v in kw.items():
             if k == "roi_size":
                 out["roi_size"] = list(_resolve(cfg, v, "roi_size"))
