@@ -87,6 +87,9 @@ def test_train_register_infer_evaluate_finetune(archive, settings, tmp_path) -> 
     assert res3["provenance"]["model_version"] == "1" and len(res3["findings"]) == 300
     assert "this one is a MONAI zoo RetinaNet" in " ".join(run(
         ["infer", "lung_nodule_ct_detection", series, "--tta", "5"], data, code=2).split())
+    out = run(["train", "lung-nodule-detection", "--base", "lung_nodule_ct_detection@1",
+               "--dataset", "nod", "--preset", "tiny"], data, code=2)
+    assert "fine-tuning (--base) start from Hounsfield's own bundles only" in " ".join(out.split())
     zoo_eval = tmp_path / "zoo-eval"
     out = CliRunner().invoke(app, ["--data-dir", str(data), "--profile", "demo", "evaluate",
                                    "lung_nodule_ct_detection@1", "--dataset", "nod", "--split",

@@ -125,8 +125,9 @@ def load_network(path: Path | str) -> tuple[torch.nn.Module, dict[str, Any]]:
     hf = info["hounsfield"]
     if hf is None:
         name = info["metadata"].get("name", Path(path).name)
-        raise InvalidInput(f"bundle {name!r} is a MONAI model-zoo bundle, not a Hounsfield "
-                           "network bundle (load_runner runs it)")
+        raise InvalidInput(f"bundle {name!r} is a MONAI model-zoo bundle: `hounsfield infer` and "
+                           "`evaluate` run it, but training and fine-tuning (--base) start from "
+                           "Hounsfield's own bundles only")
     net = build_network(NetworkSpec.model_validate(hf["network"]))
     state = torch.load(Path(path) / "models" / "model.pt", map_location="cpu", weights_only=True)
     net.load_state_dict(state)
