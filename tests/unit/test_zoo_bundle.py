@@ -17,8 +17,6 @@ from hounsfield.imaging.volume import Volume
 from hounsfield.models.zoo import load_zoo_config, reorient
 from tests.nodule_helpers import sphere_volume, write_zoo_retinanet_bundle
 
-LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
 
 def _volume(direction=np.eye(3), shape=(32, 64, 64), spacing=(1.5, 1.5, 2.0)) -> Volume:
     arr = sphere_volume(shape, spacing, (-48, -48, -20), [(0, 0, 0, 8), (20, -10, 10, 6)], 3)
@@ -33,16 +31,13 @@ def _volume(direction=np.eye(3), shape=(32, 64, 64), spacing=(1.5, 1.5, 2.0)) ->
     np.array([[-1.0, 0, 0], [0, -1, 0], [0, 0, -1]]),            # every axis reversed
 ])
 def test_reorient_matches_monai_orientation(direction) -> None:
-    from monai.data import MetaTensor
     from monai.transforms import Orientation
 
     vol = _volume(direction)
-    ref = Orientation(axcodes="RAS")(MetaTensor(torch.from_numpy(vol.array.transpose(2, 1, 0)
-                                                                 .copy())[None],
-                                                affine=torch.from_numpy(LPS_RAS @ vol.affine)))
+    ref = Orientation(axcodes="RAS")(vol.to_metatensor()[None])
     ours = reorient(vol, "RAS")
     np.testing.assert_array_equal(ours.array.transpose(2, 1, 0), ref[0].numpy())
-    np.testing.assert_allclose(LPS_RAS @ ours.affine, ref.affine.numpy(), atol=1e-9)
+    np.testing.assert_allclose(ours.affine_ras, ref.affine.numpy(), atol=1e-9)
     # every voxel keeps its patient position
     k, j, i = 5, 17, 40
     val = vol.array[k, j, i]
@@ -56,7 +51,6 @@ def test_runner_matches_monai_pipeline(tmp_path) -> None:
     bundle's own MONAI transforms make of the detector's boxes."""
     from monai.apps.detection.transforms.dictionary import (AffineBoxToWorldCoordinated,
                                                             ClipBoxToImaged, ConvertBoxModed)
-    from monai.data import MetaTensor
     from monai.transforms import Compose, Orientationd, ScaleIntensityRanged
 
     runner = load_zoo_runner(write_zoo_retinanet_bundle(tmp_path / "zoo"), name="zoo",
@@ -65,16 +59,15 @@ def test_runner_matches_monai_pipeline(tmp_path) -> None:
     ours = runner.run_volume(vol)
     assert len(ours.findings) == 300  # detections_per_img, random weights with a zeroed bias
 
-    data = {"image": MetaTensor(torch.from_numpy(vol.array.transpose(2, 1, 0).copy())[None],
-                                affine=torch.from_numpy(LPS_RAS @ vol.affine))}
+    data = {"image": vol.to_metatensor()[None]}
     data = Compose([Orientationd("image", "RAS"),
                     ScaleIntensityRanged("image", -1024.0, 300.0, 0.0, 1.0, clip=True)])(data)
     det = runner.detector
     with torch.no_grad():
         pred = det([data["image"].as_tensor().float()], use_inferer=True)[0]
     post = Compose([
-        ClipBoxToImaged(box_keys="box", label_keys="label", box_ref_image_keys="image",
-                        remove_empty=True),
+        ClipBoxToImaged(box_keys="box", label_keys=["label", "score"],
+                        box_ref_image_keys="image", remove_empty=True),
         AffineBoxToWorldCoordinated(box_keys="box", box_ref_image_keys="image",
                                     affine_lps_to_ras=True),
         ConvertBoxModed(box_keys="box", src_mode="xyzxyz", dst_mode="cccwhd")])
@@ -82,7 +75,7 @@ def test_runner_matches_monai_pipeline(tmp_path) -> None:
                 "label": pred[det.target_label_key],
                 "score": pred[det.pred_score_key]})
     ref_boxes = out["box"].numpy()
-    ref_scores = out["score"].numpy() if "score" in out else pred[det.pred_score_key].numpy()
+    ref_scores = out["score"].numpy()
     order = np.argsort(-ref_scores, kind="stable")
     ref_boxes, ref_scores = ref_boxes[order], ref_scores[order]
     got = np.array([[f.x_mm, f.y_mm, f.z_mm] for f in ours.findings])

@@ -186,7 +186,9 @@ def set_tta(runner, tta_top_k: int | None) -> None:  # noqa: ANN001
     if tta_top_k < 0:
         raise InvalidInput(f"--tta {tta_top_k}: the number of candidates to re-score, >= 0")
     if not isinstance(runner, TwoStageRunner):
-        kind = ("a MONAI zoo RetinaNet" if type(runner).__name__ == "ZooRetinaNetRunner"
+        from hounsfield.deploy.zoo_runner import ZooRetinaNetRunner
+
+        kind = ("a MONAI zoo RetinaNet" if isinstance(runner, ZooRetinaNetRunner)
                 else "a heatmap detector")
         raise InvalidInput(f"--tta applies to two-stage models only (this one is {kind})")
     runner.tta_top_k = tta_top_k

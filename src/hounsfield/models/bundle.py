@@ -102,16 +102,24 @@ def write_bundle(path: Path | str, net: torch.nn.Module, *, recipe: dict[str, An
     return root
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A bundle config file that must hold a JSON object (clear errors otherwise)."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{path}: expected a JSON object")
+    return data
+
+
 def read_bundle_info(path: Path | str) -> dict[str, Any]:
     """Metadata of a bundle directory; ``hounsfield`` is None for foreign (model-zoo) bundles."""
     root = Path(path)
     meta = root / "configs" / "metadata.json"
     if not meta.is_file():
         raise InvalidInput(f"{root} is not a MONAI bundle: no configs/metadata.json")
-    try:
-        info = {"metadata": json.loads(meta.read_text())}
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"{meta}: not valid JSON: {exc}") from None
+    info = {"metadata": read_json_object(meta)}
     hf = root / "configs" / "hounsfield.json"
     info["hounsfield"] = json.loads(hf.read_text()) if hf.is_file() else None
     weights = [p.name for p in (root / "models").glob("*")] if (root / "models").is_dir() else []

@@ -20,7 +20,6 @@ so a zoo ``model.pt`` loads unchanged and no torchvision is needed to run it.
 from __future__ import annotations
 
 import ast
-import json
 import re
 from collections import OrderedDict
 from pathlib import Path
@@ -221,13 +220,9 @@ def load_zoo_config(root: Path | str) -> ZooRetinaNetConfig:
     path = Path(root) / "configs" / "inference.json"
     if not path.is_file():
         raise InvalidInput(f"{root}: a MONAI zoo bundle needs configs/inference.json to be run")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(cfg, dict):
-        raise InvalidInput(f"{path}: expected a JSON object")
-    return read_retinanet_config(cfg)
+    from hounsfield.models.bundle import read_json_object
+
+    return read_retinanet_config(read_json_object(path))
 
 
 # -- the network -----------------------------------------------------------------------------------
@@ -343,14 +338,13 @@ def reorient(vol, axcodes: str = "RAS"):  # noqa: ANN001, ANN201 - imaging.Volum
 
     from hounsfield.imaging.volume import Volume
 
-    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ vol.affine
+    ras = vol.affine_ras
     tf = ornt_transform(io_orientation(ras), axcodes2ornt(tuple(axcodes)))
-    ijk = vol.array.transpose(2, 1, 0)
     if np.array_equal(tf, [[0, 1], [1, 1], [2, 1]]):
         return vol
+    ijk = vol.array.transpose(2, 1, 0)
     arr = apply_orientation(ijk, tf)
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ras @ inv_ornt_aff(tf, ijk.shape)
-    sp = np.linalg.norm(lps[:3, :3], axis=0)
-    return Volume(array=np.ascontiguousarray(arr.transpose(2, 1, 0)), spacing=tuple(sp),
-                  origin=tuple(lps[:3, 3]), direction=lps[:3, :3] / sp, modality=vol.modality,
-                  series_instance_uid=vol.series_instance_uid, meta=dict(vol.meta))
+    return Volume.from_ras_affine(np.ascontiguousarray(arr.transpose(2, 1, 0)),
+                                  ras @ inv_ornt_aff(tf, ijk.shape), modality=vol.modality,
+                                  series_instance_uid=vol.series_instance_uid,
+                                  meta=dict(vol.meta))
