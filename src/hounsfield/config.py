@@ -125,6 +125,21 @@ class DeidSettings(BaseModel):
     )
 
 
+class JobSettings(BaseModel):
+    """Durable AI jobs (DBOS) — see docs/howto/clinical-pipeline.md."""
+
+    database_url: str | None = Field(
+        default=None, description="DBOS system database; default sqlite:///<data_dir>/jobs.sqlite "
+        "(or the index's PostgreSQL database)")
+    executor_id: str = Field(default="local", description=(
+        "this worker's name in the engine; a restarted worker with the same name recovers its "
+        "unfinished jobs (give every worker machine its own)"))
+    worker_concurrency: int = Field(default=1, ge=1, description="AI jobs one worker runs at once")
+    poll_s: float = Field(default=0.5, gt=0, le=60, description="queue and router polling interval")
+    timeout_s: float = Field(default=1800.0, gt=0, description="per-job time limit")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="inference device")
+
+
 class Settings(BaseSettings):
     """All of Hounsfield's configuration."""
 
@@ -149,6 +164,7 @@ class Settings(BaseSettings):
     web: WebSettings = Field(default_factory=WebSettings)
     deid: DeidSettings = Field(default_factory=DeidSettings)
     ai: AiSettings = Field(default_factory=AiSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
 
     @field_validator("data_dir")
     @classmethod

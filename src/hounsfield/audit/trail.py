@@ -41,6 +41,7 @@ class Action(StrEnum):
     LOGOUT = "LOGOUT"
     VIEW = "VIEW"
     DELETE = "DELETE"
+    AI_JOB = "AI-JOB"
 
 
 #: action -> (EventID as "code meaning", EventActionCode)
@@ -60,6 +61,7 @@ EVENT_IDS: dict[Action, tuple[str, str]] = {
     Action.LOGIN: ("110114 User Authentication", "E"),
     Action.LOGOUT: ("110114 User Authentication", "E"),
     Action.DELETE: ("110105 DICOM Study Deleted", "D"),
+    Action.AI_JOB: ("110100 Application Activity", "E"),
 }
 
 

@@ -1,0 +1,400 @@
+"""The clinical pipeline: trigger -> route -> durable job -> infer -> results -> export.
+
+:func:`fire` is the one door every trigger uses (study stable, a person or a script; MPPS and
+UPS-RS plug in the same way): it routes the study (rules, series selection, the model alias
+resolved to a version), records the decision (:class:`~hounsfield.deploy.models.RouteEvent`,
+also when nothing matched), creates the job idempotently and enqueues its workflow.
+
+The workflows run in workers (:mod:`hounsfield.deploy.engine`):
+
+``hounsfield.ai_job``   start -> run (load the series, check its geometry, run the warm model,
+                        build SEG / SR / SC, store them in the archive) -> one export workflow
+                        per destination -> finish (done, or failed with the reason)
+``hounsfield.export``   deliver what the destination has not acknowledged yet; on a transient
+                        failure sleep durably (exponential backoff, up to hours) and try again;
+                        dead after the destination's last attempt
+
+Every step is idempotent: result UIDs are derived from (input content, model version, kind), the
+archive keeps the first copy of an identical object, and delivery sends only what the
+destination's delivery log does not show as acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from dbos import DBOS, SetWorkflowID
+
+from hounsfield.archive.models import utcnow
+from hounsfield.deploy import engine
+from hounsfield.deploy.jobs import (AI_WORKFLOW, create_job, get_job, idempotency_key,
+                                    supersede_older, update_job)
+from hounsfield.deploy.models import RouteEvent
+from hounsfield.errors import HounsfieldError, InvalidInput
+
+log = logging.getLogger(__name__)
+
+EXPORT_WORKFLOW = "hounsfield.export"
+
+
+# -- triggers ---------------------------------------------------------------------------------
+@dataclass
+class Trigger:
+    """Something that asks for AI on a study.  ``key`` is unique per firing: the same key
+    fired twice is one decision (a crashed router re-fires safely)."""
+
+    study_instance_uid: str
+    kind: str                      # stable | manual | api | console (mpps, ups: next issue)
+    key: str = ""
+    actor: str = "system"
+    calling_ae: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = f"{self.kind}:{uuid.uuid4().hex}"
+
+
+@dataclass
+class Fired:
+    """What a trigger led to."""
+
+    outcome: str                   # job | unchanged | no-rule | no-series | no-model
+    study_instance_uid: str
+    rule: str = ""
+    job_id: str = ""
+    log: list[str] = field(default_factory=list)
+
+
+def fire(archive, trigger: Trigger) -> Fired:  # noqa: ANN001
+    """Route the study and, if a rule and a series qualify, create and enqueue its job."""
+    from sqlalchemy import select
+
+    with archive.session() as s:
+        done = s.scalars(select(RouteEvent).where(RouteEvent.trigger_key == trigger.key)).first()
+        if done is not None:
+            return Fired(done.outcome, done.study_instance_uid, done.rule, done.job_id,
+                         list(done.log))
+    fired = _decide(archive, trigger)
+    _record(archive, trigger, fired)
+    return fired
+
+
+def _decide(archive, trigger: Trigger) -> Fired:  # noqa: ANN001
+    from hounsfield.deploy.rules import load_rules
+    from hounsfield.deploy.selection import route
+
+    settings = archive.settings
+    study = trigger.study_instance_uid
+    rules = load_rules(settings)
+    decision = route(archive, study, rules, calling_ae=trigger.calling_ae)
+    lines = list(decision.log)
+    if decision.rule is None:
+        lines.append("no rule matched: no job")
+        return Fired("no-rule", study, "", "", lines)
+    rule = decision.rule
+    destinations = list(decision.destinations)
+    common = dict(study_uid=study, trigger=trigger.kind, actor=trigger.actor, rule=rule,
+                  model_ref=decision.model_ref, profile=decision.profile,
+                  destinations=destinations)
+    if decision.series_instance_uid is None:
+        why = decision.reason or "no series qualified"
+        key = idempotency_key(f"no-series:{trigger.key}", "", "", decision.profile, [])
+        job, _ = create_job(archive, key=key, series_uid="", model_version="", device_uid="",
+                            log_lines=[*lines, f"failed: {why}; nothing sent"], **common)
+        update_job(archive, job.id, state="failed", error=why)
+        return Fired("no-series", study, rule, job.id, lines)
+    try:
+        mv = _resolve_model(settings, decision.model_ref)
+    except HounsfieldError as exc:
+        key = idempotency_key(f"no-model:{trigger.key}", "", "", decision.profile, [])
+        job, _ = create_job(archive, key=key, series_uid=decision.series_instance_uid,
+                            model_version="", device_uid="",
+                            log_lines=[*lines, f"failed: {exc.reason}"], **common)
+        update_job(archive, job.id, state="failed", error=exc.reason)
+        return Fired("no-model", study, rule, job.id, [*lines, exc.reason])
+    from hounsfield.results.uids import series_content_key
+
+    input_key = series_content_key(_series_content(archive, decision.series_instance_uid))
+    key = idempotency_key(input_key, mv.ref, mv.device_uid, decision.profile, destinations)
+    lines.append(f"model {decision.model_ref} -> {mv.ref} (device UID {mv.device_uid})")
+    job, created = create_job(archive, key=key, series_uid=decision.series_instance_uid,
+                              model_version=mv.ref, device_uid=mv.device_uid,
+                              log_lines=lines, **common)
+    if job.state == "queued":
+        engine.enqueue(settings, AI_WORKFLOW, engine.AI_QUEUE, job.workflow_id, job.id,
+                       timeout_s=settings.jobs.timeout_s)
+    if not created:
+        lines.append(f"the same input, model and profile already have job {job.id} "
+                     f"({job.state}): no second set of results")
+        return Fired("unchanged", study, rule, job.id, lines)
+    return Fired("job", study, rule, job.id, lines)
+
+
+def _resolve_model(settings, ref: str):  # noqa: ANN001, ANN202
+    from hounsfield.registry.mlflow_registry import ModelRegistry
+
+    reg = ModelRegistry(settings)
+    return reg.resolve_for_routing(ref)
+
+
+def _series_content(archive, series_uid: str) -> list[tuple[str, str]]:  # noqa: ANN001
+    from sqlalchemy import select
+
+    from hounsfield.archive.models import Instance, Series
+
+    with archive.session() as s:
+        return [(a, b) for a, b in s.execute(
+            select(Instance.sop_instance_uid, Instance.sha256).join(Instance.series)
+            .where(Series.series_instance_uid == series_uid))]
+
+
+def _record(archive, trigger: Trigger, fired: Fired) -> None:  # noqa: ANN001
+    from sqlalchemy.exc import IntegrityError
+
+    from hounsfield.audit import Action, Entry, record
+
+    try:
+        with archive.write_session() as s, s.begin():
+            s.add(RouteEvent(trigger_key=trigger.key[:128],
+                             study_instance_uid=trigger.study_instance_uid,
+                             trigger=trigger.kind, actor=trigger.actor[:128],
+                             outcome=fired.outcome, rule=fired.rule or "", job_id=fired.job_id,
+                             log=fired.log))
+    except IntegrityError:  # recorded by another router first: same decision
+        return
+    record(archive, Entry(Action.AI_JOB, actor=trigger.actor, study_instance_uid=trigger.study_instance_uid,
+                          detail=f"{trigger.kind} trigger: {fired.outcome}"
+                          + (f" {fired.job_id}" if fired.job_id else "")))
+
+
+# -- the AI job workflow ----------------------------------------------------------------------
+class ModelUnavailable(HounsfieldError):
+    """The model version's files are missing or cannot be loaded."""
+
+    http_status = 503
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth retrying: I/O and database hiccups — not bad input, a broken series or a model
+    that cannot load (those fail the job at once, with the reason)."""
+    return not isinstance(exc, HounsfieldError)
+
+
+@DBOS.step(name="hounsfield.ai_job.start")
+def _start(job_id: str) -> dict:
+    archive = engine.worker_archive()
+    job = get_job(archive, job_id)
+    wait = (utcnow() - _aware(job.created_at)).total_seconds()
+    job = update_job(archive, job_id, state="running", attempts=job.attempts + 1,
+                     timings={**job.timings, "queue_wait_s": round(wait, 3)},
+                     log_line=f"running on worker {archive.settings.jobs.executor_id} "
+                              f"(attempt {job.attempts + 1})")
+    return {"destinations": list(job.destinations), "profile": job.profile}
+
+
+def _aware(dt):  # noqa: ANN001, ANN202
+    from datetime import timezone
+
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+@DBOS.step(name="hounsfield.ai_job.run", retries_allowed=True, max_attempts=4,
+           interval_seconds=2.0, backoff_rate=2.0, should_retry=_transient)
+def _run(job_id: str) -> dict:
+    """Load, infer, build and store; a permanent problem returns ``{"error": reason}``."""
+    archive = engine.worker_archive()
+    job = get_job(archive, job_id)
+    try:
+        return run_job(archive, job)
+    except HounsfieldError as exc:
+        update_job(archive, job_id, state="failed", error=exc.reason,
+                   log_line=f"failed: {exc.reason}; nothing sent")
+        return {"error": exc.reason}
+
+
+def run_job(archive, job) -> dict:  # noqa: ANN001
+    """The job's work, outside DBOS (the step above wraps it; a benchmark times it)."""
+    from hounsfield.archive.parse import parse_part10
+    from hounsfield.archive.store import store_instances
+    from hounsfield.imaging.series import read_dataset, volume_from_datasets
+    from hounsfield.infer import load_model
+    from hounsfield.results import AIModel, build_results
+    from hounsfield.results.uids import series_content_key
+
+    t: dict[str, float] = {}
+    t0 = time.perf_counter()
+    datasets, content = _series_datasets(archive, job.series_instance_uid, read_dataset)
+    vol = volume_from_datasets(datasets)
+    t["volume_load_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    try:
+        runner = load_model(archive.settings, job.model_version,
+                            device=archive.settings.jobs.device)
+    except HounsfieldError as exc:
+        raise ModelUnavailable(f"model {job.model_version} cannot be loaded: {exc.reason}") \
+            from exc
+    except Exception as exc:  # noqa: BLE001 - a corrupt file raises torch/pickle errors
+        raise ModelUnavailable(f"model {job.model_version} cannot be loaded: "
+                               f"{type(exc).__name__}: {exc}") from exc
+    t["model_load_s"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    inference = runner.run_volume(vol)
+    t["inference_s"] = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    name, _, version = job.model_version.partition("@")
+    from hounsfield import __version__
+
+    model = AIModel(name=name, version=version, device_uid=job.device_uid,
+                    software_version=__version__)
+    results = build_results(datasets, vol, inference.findings, model,
+                            input_key=series_content_key(content),
+                            content_datetime=_aware(job.created_at))
+    t["build_s"] = time.perf_counter() - t3
+    t4 = time.perf_counter()
+    from pydicom.filebase import DicomBytesIO
+
+    parsed = []
+    for obj in results.objects:
+        buf = DicomBytesIO()
+        obj.dataset.save_as(buf, enforce_file_format=True)
+        parsed.append(parse_part10(buf.getvalue()))
+    outcomes = store_instances(archive, parsed, source=f"ai:{job.id}")
+    bad = [o for o in outcomes if o.status not in ("stored", "duplicate")]
+    if bad:
+        raise ModelUnavailable("storing the results failed: "
+                               + "; ".join(f"{o.sop_instance_uid}: {o.status} {o.reason}"
+                                           for o in bad[:3]))
+    t["store_s"] = time.perf_counter() - t4
+    uids = [{"kind": o.kind, "sop_instance_uid": str(o.dataset.SOPInstanceUID),
+             "series_instance_uid": str(o.dataset.SeriesInstanceUID),
+             "sop_class_uid": str(o.dataset.SOPClassUID)} for o in results.objects]
+    n = len(inference.findings)
+    timings = {**job.timings, **{k: round(v, 3) for k, v in t.items()}}
+    summary = (f"{n} finding(s)" if n else "no findings") + \
+        f"; {len(uids)} result object(s) stored: " + \
+        ", ".join(sorted({u['kind'] for u in uids}))
+    update_job(archive, job.id, result_uids=uids, n_findings=n, timings=timings,
+               state="exporting" if job.destinations else "running",
+               log_line=f"{summary} (inference {t['inference_s']:.1f} s)")
+    return {"uids": uids, "findings": n}
+
+
+def _series_datasets(archive, series_uid: str, read):  # noqa: ANN001, ANN202
+    from sqlalchemy import select
+
+    from hounsfield.archive.models import Instance, Series
+    from hounsfield.errors import NotFound
+
+    with archive.session() as s:
+        rows = s.execute(select(Instance.sop_instance_uid, Instance.blob_key, Instance.sha256)
+                         .join(Instance.series)
+                         .where(Series.series_instance_uid == series_uid)).all()
+    if not rows:
+        raise NotFound(f"series {series_uid} is no longer in the archive")
+    return ([read(archive.blobs.read(key), name=sop) for sop, key, _h in rows],
+            [(sop, h) for sop, _k, h in rows])
+
+
+@DBOS.step(name="hounsfield.ai_job.finish")
+def _finish(job_id: str, exports: list[dict]) -> dict:
+    archive = engine.worker_archive()
+    dead = [e for e in exports if not e.get("ok")]
+    if dead:
+        why = "; ".join(f"{e['destination']}: {e.get('reason', 'not delivered')}" for e in dead)
+        job = update_job(archive, job_id, state="dead", error=f"delivery failed: {why}",
+                         log_line=f"dead: delivery failed: {why}")
+    else:
+        sent = ", ".join(e["destination"] for e in exports) or "no destination"
+        job = update_job(archive, job_id, state="done", log_line=f"done; delivered to {sent}")
+    old = supersede_older(archive, job) if not dead else []
+    if old:
+        update_job(archive, job_id, log_line="supersedes " + ", ".join(old))
+    return {"state": job.state}
+
+
+@DBOS.workflow(name=AI_WORKFLOW, max_recovery_attempts=5)
+def ai_job_workflow(job_id: str) -> dict:
+    info = _start(job_id)
+    out = _run(job_id)
+    if "error" in out:
+        return {"state": "failed", "error": out["error"]}
+    handles = []
+    for dest in info["destinations"]:
+        with SetWorkflowID(f"{DBOS.workflow_id}:export:{dest}"):
+            q = DBOS.retrieve_queue(engine.export_queue(dest))
+            if q is None:
+                handles.append((dest, None))
+                continue
+            handles.append((dest, q.enqueue(export_workflow, job_id, dest, out["uids"],
+                                            info["profile"])))
+    exports = []
+    for dest, h in handles:
+        if h is None:
+            exports.append({"destination": dest, "ok": False,
+                            "reason": "destination is not configured"})
+        else:
+            exports.append(h.get_result())
+    return _finish(job_id, exports)
+
+
+# -- export -----------------------------------------------------------------------------------
+@DBOS.step(name="hounsfield.export.deliver")
+def _deliver(job_id: str, destination: str, uids: list[dict], profile: str,
+             attempt: int) -> dict:
+    from hounsfield.pacs.export import deliver, pending, profile_kinds
+
+    archive = engine.worker_archive()
+    kinds = profile_kinds(profile)
+    wanted = [u["sop_instance_uid"] for u in uids if u["kind"].split("-")[0] in kinds]
+    todo = pending(archive, wanted, destination)
+    if not todo:
+        return {"pending": 0, "dead": [], "sent": 0, "wanted": len(wanted)}
+    t0 = time.perf_counter()
+    report = deliver(archive, todo, destination, attempt=attempt)
+    left = pending(archive, wanted, destination)
+    dead = [i.sop_instance_uid for i in report.failed if getattr(i, "permanent", False)]
+    detail = "; ".join(sorted({i.detail for i in report.failed if i.detail}))[:500]
+    update_job(archive, job_id, log_line=(
+        f"{destination}: attempt {attempt}: sent {report.sent} of {len(todo)}"
+        + (f", {len(left)} pending ({detail})" if left else "")
+        + (f" in {time.perf_counter() - t0:.2f} s")))
+    return {"pending": len(left), "dead": dead, "sent": report.sent, "detail": detail,
+            "wanted": len(wanted), "seconds": time.perf_counter() - t0}
+
+
+@DBOS.workflow(name=EXPORT_WORKFLOW, max_recovery_attempts=50)
+def export_workflow(job_id: str, destination: str, uids: list[dict], profile: str) -> dict:
+    from hounsfield.pacs.export import retry_policy
+
+    policy = retry_policy(engine.worker_archive().settings, destination)
+    attempt = 1
+    while True:
+        r = _deliver(job_id, destination, uids, profile, attempt)
+        if r["dead"]:
+            return {"destination": destination, "ok": False, "attempts": attempt,
+                    "reason": f"refused for good: {r.get('detail', '')}"}
+        if r["pending"] == 0:
+            return {"destination": destination, "ok": True, "attempts": attempt}
+        if policy.dead(attempt):
+            return {"destination": destination, "ok": False, "attempts": attempt,
+                    "reason": f"still failing after {attempt} attempts: {r.get('detail', '')}"}
+        DBOS.sleep(policy.delay(attempt))
+        attempt += 1
+
+
+def explain(archive, study_uid: str) -> list[str]:  # noqa: ANN001
+    """The routing decision for a study, as text, without running or recording anything."""
+    from hounsfield.deploy.rules import load_rules
+    from hounsfield.deploy.selection import route
+
+    if not study_uid.strip():
+        raise InvalidInput("a Study Instance UID is required")
+    return list(route(archive, study_uid, load_rules(archive.settings)).log)
+
+
+def _unused(_: Any) -> None:  # pragma: no cover - keeps the Any import for type comments
+    return None
