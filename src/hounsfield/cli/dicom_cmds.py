@@ -31,13 +31,14 @@ def register(app: typer.Typer) -> None:
     app.command("pull")(pull_cmd)
 
 
-ROLES = ("all", "api", "dicom")
+ROLES = ("all", "api", "dicom", "worker")
 
 
 def build_components(archive, role: str = "all", *, http_port: int | None = None,  # noqa: ANN001
                      http_host: str | None = None) -> list[Component]:
     """What ``serve`` runs for ``role``: ``dicom`` = the DICOM node + study-stable monitor,
-    ``api`` = the HTTP server (DICOMweb, API, console, OHIF), ``all`` = both (embedded default)."""
+    ``api`` = the HTTP server (DICOMweb, API, console, OHIF), ``worker`` = the job worker
+    (routes stable studies, runs AI jobs and exports), ``all`` = all three (embedded default)."""
     from hounsfield.ingest.scp import DicomNode
     from hounsfield.ingest.stable import StableMonitor
     from hounsfield.web.server import HttpServer
@@ -47,6 +48,10 @@ def build_components(archive, role: str = "all", *, http_port: int | None = None
         out += [DicomNode(archive), StableMonitor(archive)]
     if role in ("all", "api"):
         out.append(HttpServer(archive, host=http_host, port=http_port))
+    if role in ("all", "worker"):
+        from hounsfield.deploy.worker import JobWorker
+
+        out.append(JobWorker(archive))
     return out
 
 
@@ -75,12 +80,13 @@ def serve_cmd(
     http_port: Annotated[Optional[int], typer.Option("--http-port", help="HTTP port (default "
                          "settings.http.port / HOUNSFIELD_HTTP__PORT)")] = None,
     http_host: Annotated[Optional[str], typer.Option("--http-host", help="HTTP bind address")] = None,
-    role: Annotated[str, typer.Option("--role", help="all (embedded default) | api | dicom")] = "all",
+    role: Annotated[str, typer.Option("--role", help="all (embedded default) | api | dicom | worker")] = "all",
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
     """Run the platform in the foreground until SIGINT / SIGTERM: the HTTP server (DICOMweb,
     API, console, OHIF at /viewer/), the DICOM node (C-ECHO/C-STORE/C-FIND/C-MOVE/C-GET SCP)
-    and the study-stable monitor — or one role of them (``--role api|dicom``) for scale-out."""
+    the study-stable monitor and the job worker (routing, AI jobs, export to PACS) — or one role
+    of them (``--role api|dicom|worker``) for scale-out."""
     if role not in ROLES:
         err_console.print(f"[bold red]error:[/] --role must be one of {', '.join(ROLES)}")
         raise typer.Exit(2)
@@ -107,6 +113,8 @@ def serve_cmd(
             if getattr(c, "name", "") == "http":
                 console.print(f"web on http://{c.host}:{c.port}/  (console; OHIF viewer at "
                               f"/viewer/; DICOMweb at /dicom-web)")
+        if role in ("all", "worker"):
+            console.print(f"job worker {archive.settings.jobs.executor_id} (AI jobs, export)")
         console.print(f"data in {archive.settings.data_dir}; Ctrl-C stops")
         run_components(components, stop)
         console.print("stopped")

@@ -49,7 +49,7 @@ def create_job(archive, *, key: str, study_uid: str, series_uid: str, trigger: s
                 series_instance_uid=series_uid, trigger=trigger, actor=actor, rule=rule,
                 model_ref=model_ref, model_version=model_version, device_uid=device_uid,
                 profile=profile, destinations=list(destinations), state="queued",
-                log=[_line(x) for x in log_lines], result_uids=[], timings={})
+                log=[_line(x) for x in log_lines], result_uids=[], findings=[], timings={})
     try:
         with archive.write_session() as s, s.begin():
             s.add(job)
@@ -197,7 +197,8 @@ def job_dict(job: AiJob) -> dict[str, Any]:
             "model_version": job.model_version, "device_uid": job.device_uid,
             "profile": job.profile, "destinations": job.destinations,
             "attempts": job.attempts, "error": job.error, "log": job.log,
-            "results": job.result_uids, "findings": job.n_findings, "timings": job.timings,
+            "results": job.result_uids, "n_findings": job.n_findings,
+            "findings": job.findings, "timings": job.timings,
             "superseded_by": job.superseded_by, "workflow_id": job.workflow_id,
             "created_at": iso(job.created_at), "updated_at": iso(job.updated_at),
             "finished_at": iso(job.finished_at)}

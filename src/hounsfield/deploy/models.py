@@ -44,6 +44,9 @@ class AiJob(Base):
     log: Mapped[list] = mapped_column(JSON, default=list)
     result_uids: Mapped[list] = mapped_column(JSON, default=list)
     n_findings: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: per finding: label, centre mm, diameter, volume, probability, tracking UID, the source
+    #: slice and the key image it is shown on (the console links into OHIF with them)
+    findings: Mapped[list] = mapped_column(JSON, default=list)
     timings: Mapped[dict] = mapped_column(JSON, default=dict)
     superseded_by: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,

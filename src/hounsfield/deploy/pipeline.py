@@ -25,8 +25,6 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
-
 from dbos import DBOS, SetWorkflowID
 
 from hounsfield.archive.models import utcnow
@@ -73,7 +71,12 @@ def fire(archive, trigger: Trigger) -> Fired:  # noqa: ANN001
     """Route the study and, if a rule and a series qualify, create and enqueue its job."""
     from sqlalchemy import select
 
+    from hounsfield.archive.query import get_study
+    from hounsfield.errors import NotFound
+
     with archive.session() as s:
+        if get_study(s, trigger.study_instance_uid) is None:
+            raise NotFound(f"no study {trigger.study_instance_uid} in the archive")
         done = s.scalars(select(RouteEvent).where(RouteEvent.trigger_key == trigger.key)).first()
         if done is not None:
             return Fired(done.outcome, done.study_instance_uid, done.rule, done.job_id,
@@ -394,7 +397,3 @@ def explain(archive, study_uid: str) -> list[str]:  # noqa: ANN001
     if not study_uid.strip():
         raise InvalidInput("a Study Instance UID is required")
     return list(route(archive, study_uid, load_rules(archive.settings)).log)
-
-
-def _unused(_: Any) -> None:  # pragma: no cover - keeps the Any import for type comments
-    return None

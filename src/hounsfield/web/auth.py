@@ -48,14 +48,16 @@ class Permission(StrEnum):
     EXPORT = "studies:export"
     AUDIT = "audit:read"
     USERS = "users:manage"
+    AI_RUN = "ai:run"  # ask for AI on a study, retry / cancel AI jobs
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
-    Role.RADIOLOGIST: frozenset({Permission.READ, Permission.WRITE, Permission.EXPORT}),
+    Role.RADIOLOGIST: frozenset({Permission.READ, Permission.WRITE, Permission.EXPORT,
+                                 Permission.AI_RUN}),
     Role.ANNOTATOR: frozenset({Permission.READ, Permission.WRITE}),
     Role.DATA_SCIENTIST: frozenset({Permission.READ, Permission.EXPORT}),
-    Role.SERVICE: frozenset({Permission.READ, Permission.WRITE}),
+    Role.SERVICE: frozenset({Permission.READ, Permission.WRITE, Permission.AI_RUN}),
 }
 
 

@@ -134,8 +134,13 @@ def study_page(study_uid: str, request: Request, archive: ArchiveDep, user: Read
                                       study_instance_uid=study_uid,
                                       patient_id=study.patient.patient_id,
                                       detail="console study page"))
+    from hounsfield.web.jobs_web import study_ai_results
+
     return _page(request, "study.html", study=study, series=series, counts=counts,
-                 viewer_url=f"/viewer/viewer?StudyInstanceUIDs={study.study_instance_uid}")
+                 viewer_url=f"/viewer/viewer?StudyInstanceUIDs={study.study_instance_uid}",
+                 ai_jobs=study_ai_results(archive, study.study_instance_uid),
+                 can_run_ai=user.can(auth.Permission.AI_RUN),
+                 routed=request.query_params.get("routed", "")[:32])
 
 
 @router.get("/audit")

@@ -38,6 +38,7 @@ def upgrade() -> None:
         sa.Column('log', sa.JSON(), nullable=False),
         sa.Column('result_uids', sa.JSON(), nullable=False),
         sa.Column('n_findings', sa.Integer(), nullable=True),
+        sa.Column('findings', sa.JSON(), nullable=False),
         sa.Column('timings', sa.JSON(), nullable=False),
         sa.Column('superseded_by', sa.String(64), nullable=False),
         sa.Column('created_at', TS, nullable=False),
