@@ -49,7 +49,6 @@ class Trigger:
     kind: str                      # stable | manual | api | console (mpps, ups: next issue)
     key: str = ""
     actor: str = "system"
-    calling_ae: str | None = None
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -86,24 +85,34 @@ def fire(archive, trigger: Trigger) -> Fired:  # noqa: ANN001
     return fired
 
 
+def current_rules(settings):  # noqa: ANN001, ANN201
+    """The routing rules in force (none while no rules file exists; a broken file is an
+    error the trigger reports — the previous decision is not guessed)."""
+    from hounsfield.deploy.rules import RuleSet, load_rules, rules_path
+
+    path = rules_path(settings)
+    if not path.exists():
+        return RuleSet(rules=[]), f"no routing rules file at {path}"
+    return load_rules(path), ""
+
+
 def _decide(archive, trigger: Trigger) -> Fired:  # noqa: ANN001
-    from hounsfield.deploy.rules import load_rules
     from hounsfield.deploy.selection import route
 
     settings = archive.settings
     study = trigger.study_instance_uid
-    rules = load_rules(settings)
-    decision = route(archive, study, rules, calling_ae=trigger.calling_ae)
-    lines = list(decision.log)
+    rules, note = current_rules(settings)
+    decision = route(archive, study, rules)
+    lines = ([note] if note else []) + list(decision.log)
     if decision.rule is None:
         lines.append("no rule matched: no job")
         return Fired("no-rule", study, "", "", lines)
     rule = decision.rule
     destinations = list(decision.destinations)
     common = dict(study_uid=study, trigger=trigger.kind, actor=trigger.actor, rule=rule,
-                  model_ref=decision.model_ref, profile=decision.profile,
+                  model_ref=decision.model, profile=decision.profile,
                   destinations=destinations)
-    if decision.series_instance_uid is None:
+    if decision.series_uid is None:
         why = decision.reason or "no series qualified"
         key = idempotency_key(f"no-series:{trigger.key}", "", "", decision.profile, [])
         job, _ = create_job(archive, key=key, series_uid="", model_version="", device_uid="",
@@ -111,20 +120,20 @@ def _decide(archive, trigger: Trigger) -> Fired:  # noqa: ANN001
         update_job(archive, job.id, state="failed", error=why)
         return Fired("no-series", study, rule, job.id, lines)
     try:
-        mv = _resolve_model(settings, decision.model_ref)
+        mv = _resolve_model(settings, decision.model)
     except HounsfieldError as exc:
         key = idempotency_key(f"no-model:{trigger.key}", "", "", decision.profile, [])
-        job, _ = create_job(archive, key=key, series_uid=decision.series_instance_uid,
+        job, _ = create_job(archive, key=key, series_uid=decision.series_uid,
                             model_version="", device_uid="",
                             log_lines=[*lines, f"failed: {exc.reason}"], **common)
         update_job(archive, job.id, state="failed", error=exc.reason)
         return Fired("no-model", study, rule, job.id, [*lines, exc.reason])
     from hounsfield.results.uids import series_content_key
 
-    input_key = series_content_key(_series_content(archive, decision.series_instance_uid))
+    input_key = series_content_key(_series_content(archive, decision.series_uid))
     key = idempotency_key(input_key, mv.ref, mv.device_uid, decision.profile, destinations)
-    lines.append(f"model {decision.model_ref} -> {mv.ref} (device UID {mv.device_uid})")
-    job, created = create_job(archive, key=key, series_uid=decision.series_instance_uid,
+    lines.append(f"model {decision.model} -> {mv.ref} (device UID {mv.device_uid})")
+    job, created = create_job(archive, key=key, series_uid=decision.series_uid,
                               model_version=mv.ref, device_uid=mv.device_uid,
                               log_lines=lines, **common)
     if job.state == "queued":
@@ -391,9 +400,9 @@ def export_workflow(job_id: str, destination: str, uids: list[dict], profile: st
 
 def explain(archive, study_uid: str) -> list[str]:  # noqa: ANN001
     """The routing decision for a study, as text, without running or recording anything."""
-    from hounsfield.deploy.rules import load_rules
     from hounsfield.deploy.selection import route
 
     if not study_uid.strip():
         raise InvalidInput("a Study Instance UID is required")
-    return list(route(archive, study_uid, load_rules(archive.settings)).log)
+    rules, note = current_rules(archive.settings)
+    return ([note] if note else []) + list(route(archive, study_uid, rules).log)

@@ -3,7 +3,8 @@
 It launches the job engine (DBOS recovers this executor's unfinished workflows first), then
 every ``jobs.poll_s`` seconds routes the studies that became stable and were not routed yet
 (each :class:`~hounsfield.ingest.models.StableEvent` is fired once: its key is
-``stable:<event id>``), and reconciles job rows with the engine.  Everything it needs is in the
+``stable:<event id>``; studies received before the pipeline was first enabled are not routed
+automatically), and reconciles job rows with the engine.  Everything it needs is in the
 databases, so any number of workers can run, and a restarted one catches up.
 """
 
@@ -23,13 +24,42 @@ from hounsfield.ingest.models import StableEvent
 log = logging.getLogger(__name__)
 
 
+ENABLED_KEY = "pipeline:enabled"
+
+
+def pipeline_enabled_at(archive):  # noqa: ANN001, ANN201
+    """When the pipeline first ran on this archive (recorded once, durably).  Studies received
+    before it are the back catalogue: never routed automatically (``run-ai`` routes one on
+    request), so switching AI on does not queue years of studies."""
+    from sqlalchemy.exc import IntegrityError
+
+    from hounsfield.archive.models import utcnow
+
+    with archive.session() as s:
+        at = s.scalar(select(RouteEvent.at).where(RouteEvent.trigger_key == ENABLED_KEY))
+    if at is None:
+        try:
+            with archive.write_session() as s, s.begin():
+                s.add(RouteEvent(trigger_key=ENABLED_KEY, study_instance_uid="",
+                                 trigger="system", outcome="enabled",
+                                 log=["the clinical pipeline routes studies received from now"]))
+        except IntegrityError:
+            pass
+        with archive.session() as s:
+            at = s.scalar(select(RouteEvent.at).where(RouteEvent.trigger_key == ENABLED_KEY))
+    return at if at.tzinfo else at.replace(tzinfo=utcnow().tzinfo)
+
+
 def unrouted_stable_studies(archive, *, after_id: int = 0, limit: int = 100):  # noqa: ANN001, ANN201
-    """(event id, study uid) of study-stable events no router has fired yet, oldest first."""
+    """(event id, study uid) of study-stable events no router has fired yet, oldest first
+    (studies received since the pipeline was enabled)."""
     key = literal("stable:") + cast(StableEvent.id, String)
+    since = pipeline_enabled_at(archive)
     with archive.session() as s:
         return s.execute(
             select(StableEvent.id, StableEvent.study_instance_uid)
             .where(StableEvent.level == "STUDY", StableEvent.id > after_id)
+            .where(StableEvent.last_received_at >= since)
             .where(~exists().where(and_(RouteEvent.trigger_key == key)))
             .order_by(StableEvent.id).limit(limit)).all()
 
@@ -61,6 +91,7 @@ class JobWorker:
 
     def start(self) -> None:
         engine.launch_worker(self.archive)
+        pipeline_enabled_at(self.archive)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="job-router", daemon=True)
         self._thread.start()
