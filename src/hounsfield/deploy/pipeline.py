@@ -262,8 +262,11 @@ def run_job(archive, job) -> dict:  # noqa: ANN001
 
     model = AIModel(name=name, version=version, device_uid=job.device_uid,
                     software_version=__version__)
+    from hounsfield.config import OUTPUT_PROFILES
+
     results = build_results(datasets, vol, inference.findings, model,
                             input_key=series_content_key(content),
+                            profile_kinds=set(OUTPUT_PROFILES[job.profile]),
                             content_datetime=_aware(job.created_at))
     t["build_s"] = time.perf_counter() - t3
     t4 = time.perf_counter()
@@ -321,7 +324,11 @@ def _finish(job_id: str, exports: list[dict]) -> dict:
                          log_line=f"dead: delivery failed: {why}")
     else:
         sent = ", ".join(e["destination"] for e in exports) or "no destination"
-        job = update_job(archive, job_id, state="done", log_line=f"done; delivered to {sent}")
+        job = get_job(archive, job_id)
+        timings = {**job.timings, **{f"export_{e['destination']}_s": round(e.get("seconds", 0), 3)
+                                     for e in exports}}
+        job = update_job(archive, job_id, state="done", timings=timings,
+                         log_line=f"done; delivered to {sent}")
     old = supersede_older(archive, job) if not dead else []
     if old:
         update_job(archive, job_id, log_line="supersedes " + ", ".join(old))
@@ -341,8 +348,7 @@ def ai_job_workflow(job_id: str) -> dict:
             if q is None:
                 handles.append((dest, None))
                 continue
-            handles.append((dest, q.enqueue(export_workflow, job_id, dest, out["uids"],
-                                            info["profile"])))
+            handles.append((dest, q.enqueue(export_workflow, job_id, dest, out["uids"])))
     exports = []
     for dest, h in handles:
         if h is None:
@@ -355,46 +361,47 @@ def ai_job_workflow(job_id: str) -> dict:
 
 # -- export -----------------------------------------------------------------------------------
 @DBOS.step(name="hounsfield.export.deliver")
-def _deliver(job_id: str, destination: str, uids: list[dict], profile: str,
-             attempt: int) -> dict:
-    from hounsfield.pacs.export import deliver, pending, profile_kinds
+def _deliver(job_id: str, destination: str, uids: list[dict], attempt: int) -> dict:
+    """One delivery attempt of a job's results to one destination (its output profile picks
+    the kinds; what it already acknowledged is skipped)."""
+    from hounsfield.pacs.export import deliver
 
     archive = engine.worker_archive()
-    kinds = profile_kinds(profile)
-    wanted = [u["sop_instance_uid"] for u in uids if u["kind"].split("-")[0] in kinds]
-    todo = pending(archive, wanted, destination)
-    if not todo:
-        return {"pending": 0, "dead": [], "sent": 0, "wanted": len(wanted)}
     t0 = time.perf_counter()
-    report = deliver(archive, todo, destination, attempt=attempt)
-    left = pending(archive, wanted, destination)
-    dead = [i.sop_instance_uid for i in report.failed if getattr(i, "permanent", False)]
-    detail = "; ".join(sorted({i.detail for i in report.failed if i.detail}))[:500]
+    report = deliver(archive, [u["sop_instance_uid"] for u in uids], destination,
+                     attempt=attempt)
+    seconds = time.perf_counter() - t0
+    retry = [i.sop_instance_uid for i in report.retry]
+    dead = [i.sop_instance_uid for i in report.dead]
+    detail = "; ".join(sorted({i.detail for i in report.items
+                               if i.outcome != "delivered" and i.detail}))[:500]
+    sent = report.sent
     update_job(archive, job_id, log_line=(
-        f"{destination}: attempt {attempt}: sent {report.sent} of {len(todo)}"
-        + (f", {len(left)} pending ({detail})" if left else "")
-        + (f" in {time.perf_counter() - t0:.2f} s")))
-    return {"pending": len(left), "dead": dead, "sent": report.sent, "detail": detail,
-            "wanted": len(wanted), "seconds": time.perf_counter() - t0}
+        f"{destination}: attempt {attempt}: {sent} delivered"
+        + (f", {len(report.skipped)} already there" if report.skipped else "")
+        + (f", {len(retry)} to retry" if retry else "")
+        + (f", {len(dead)} dead" if dead else "")
+        + (f" ({detail})" if detail else "") + f" in {seconds:.2f} s"))
+    return {"retry": len(retry), "dead": dead, "sent": sent, "detail": detail,
+            "seconds": round(seconds, 3)}
 
 
 @DBOS.workflow(name=EXPORT_WORKFLOW, max_recovery_attempts=50)
-def export_workflow(job_id: str, destination: str, uids: list[dict], profile: str) -> dict:
-    from hounsfield.pacs.export import retry_policy
+def export_workflow(job_id: str, destination: str, uids: list[dict]) -> dict:
+    from hounsfield.pacs.export import destination as destination_settings
 
-    policy = retry_policy(engine.worker_archive().settings, destination)
+    policy = destination_settings(engine.worker_archive().settings, destination).retry
     attempt = 1
+    t = 0.0
     while True:
-        r = _deliver(job_id, destination, uids, profile, attempt)
+        r = _deliver(job_id, destination, uids, attempt)
+        t += r["seconds"]
         if r["dead"]:
             return {"destination": destination, "ok": False, "attempts": attempt,
-                    "reason": f"refused for good: {r.get('detail', '')}"}
-        if r["pending"] == 0:
-            return {"destination": destination, "ok": True, "attempts": attempt}
-        if policy.dead(attempt):
-            return {"destination": destination, "ok": False, "attempts": attempt,
-                    "reason": f"still failing after {attempt} attempts: {r.get('detail', '')}"}
-        DBOS.sleep(policy.delay(attempt))
+                    "seconds": t, "reason": r.get("detail") or "refused"}
+        if r["retry"] == 0:
+            return {"destination": destination, "ok": True, "attempts": attempt, "seconds": t}
+        DBOS.sleep(policy.delay(attempt, key=f"{job_id}:{destination}"))
         attempt += 1
 
 
