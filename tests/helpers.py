@@ -99,6 +99,22 @@ class PostgresServer:
         time.sleep(0.3)
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
+    def restart(self) -> None:
+        """Stop the server (fast shutdown: clients are disconnected) and start it again on the
+        same port and data directory."""
+        data = self.base / "data"
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(60)
+        self.proc = subprocess.Popen(
+            self._run(str(self.bin / "postgres"), "-D", str(data), "-p", str(self.port),
+                      "-k", str(self.base), "-c", "listen_addresses=127.0.0.1",
+                      "-c", "fsync=off", "-c", "max_connections=200"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port, timeout=60)
+        time.sleep(0.3)
+
     def create_db(self, name: str) -> str:
         import psycopg
 
