@@ -104,7 +104,8 @@ def classify(status: int) -> Outcome:
 
     ``delivered``: success or a warning (PS3.7 C.1).  ``retry``: no association (-1),
     association rejected-transient (-2), out of resources (0xA7xx), processing failure
-    (0x0110), resource limitation (0x0213), HTTP 408 / 429 / 5xx (-408, -429, -5xx).
+    (0x0110), resource limitation (0x0213), HTTP 408 / 429 / 5xx (-408, -429, -5xx), an
+    instance a 200 / 202 response does not mention (-200, -202).
     ``dead``: everything else — association rejected-permanent (-3), SOP class not supported
     (0x0122), not authorized (0x0124), data set refused (0xA9xx, 0xCxxx), duplicate with other
     content (0x0111), HTTP 4xx (credentials refused, not found, conflict), an object we could
@@ -116,7 +117,7 @@ def classify(status: int) -> Outcome:
         return "retry"
     if status <= -100:  # -<HTTP status> (STOW-RS)
         http = -status
-        return "retry" if http in (408, 429) or http >= 500 else "dead"
+        return "retry" if http in (200, 202, 408, 429) or http >= 500 else "dead"
     if status < 0:  # REJECTED_PERMANENT, NOT_PREPARED
         return "dead"
     if (status & 0xFF00) == 0xA700 or status in _TRANSIENT_DIMSE:
