@@ -131,13 +131,24 @@ class Orthanc:
     """
 
     def __init__(self, base: Path, *, modalities: dict[str, tuple[str, str, int]] | None = None,
-                 aet: str = "ORTHANC") -> None:
+                 aet: str = "ORTHANC", dicomweb: bool = False,
+                 users: dict[str, str] | None = None, extra: dict | None = None) -> None:
+        """``dicomweb``: load the DICOMweb plugin (``/dicom-web/``); ``users``: HTTP basic
+        authentication with these user -> password pairs (REST calls here use the first);
+        ``extra``: more configuration keys."""
         self.base = base
         self.aet = aet
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.modalities = modalities or {}
+        self.dicomweb = dicomweb
+        self.users = users or {}
+        self.extra = extra or {}
         self.proc: subprocess.Popen | None = None
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
 
     def start(self) -> Orthanc:
         self.base.mkdir(parents=True, exist_ok=True)
@@ -156,6 +167,18 @@ class Orthanc:
             "MaximumStorageSize": 0, "ConcurrentJobs": 2, "LimitFindResults": 0,
             "LimitFindInstances": 0, "SaveJobs": False,
         }
+        if self.dicomweb:
+            plugins = self.base / "plugins"
+            plugins.mkdir(exist_ok=True)
+            if not (plugins / "libOrthancDicomWeb.so").exists():
+                (plugins / "libOrthancDicomWeb.so").symlink_to(
+                    "/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+            cfg["Plugins"] = [str(plugins)]
+            cfg["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "Ssl": False}
+        if self.users:
+            cfg["AuthenticationEnabled"] = True
+            cfg["RegisteredUsers"] = dict(self.users)
+        cfg.update(self.extra)
         (self.base / "orthanc.json").write_text(json.dumps(cfg))
         self.proc = subprocess.Popen(["Orthanc", str(self.base / "orthanc.json")], env=PEER_ENV,
                                      stdout=open(self.base / "orthanc.log", "wb"),
@@ -169,6 +192,12 @@ class Orthanc:
                                           else json.dumps(body).encode())
         req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data,
                                      method="POST" if data is not None else "GET")
+        if self.users:
+            import base64
+
+            user, password = next(iter(self.users.items()))
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
         with urllib.request.urlopen(req, timeout=120) as r:
             raw = r.read()
         return json.loads(raw) if raw else None

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+import hashlib
+import re
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -140,6 +142,163 @@ class JobSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="inference device")
 
 
+# -- export destinations (hounsfield.pacs.export) ------------------------------------------------
+#: output profile -> the result kinds it sends (docs/conformance.md, issue 16)
+OUTPUT_PROFILES: dict[str, frozenset[str]] = {
+    "ai-ready": frozenset({"SEG", "SR"}),
+    "legacy": frozenset({"SC"}),
+    "all": frozenset({"SEG", "SR", "SC"}),
+}
+_DEST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_output_profile(value: str) -> str:
+    if value not in OUTPUT_PROFILES:
+        raise ValueError(f"unknown output profile {value!r}: known profiles are "
+                         f"{', '.join(OUTPUT_PROFILES)}")
+    return value
+
+
+class RetryPolicy(BaseModel):
+    """Exponential back-off for deliveries: attempt n (1-based) failed -> wait
+    ``min(max_delay_s, initial_delay_s * factor**(n-1))`` (times 1 +/- ``jitter``); after
+    ``max_attempts`` failed attempts the object is dead.  The defaults (1 s, x2, 15 min cap,
+    20 attempts) keep trying for about 2.5 hours."""
+
+    model_config = {"extra": "forbid"}
+
+    initial_delay_s: float = Field(default=1.0, gt=0)
+    factor: float = Field(default=2.0, ge=1)
+    max_delay_s: float = Field(default=900.0, gt=0)
+    max_attempts: int = Field(default=20, ge=1)
+    jitter: float = Field(default=0.0, ge=0, lt=1, description=(
+        "spread each delay by up to this fraction (deterministic per key and attempt)"))
+
+    @model_validator(mode="after")
+    def _cap(self) -> RetryPolicy:
+        if self.max_delay_s < self.initial_delay_s:
+            raise ValueError(f"max_delay_s ({self.max_delay_s}) is below initial_delay_s "
+                             f"({self.initial_delay_s})")
+        return self
+
+    def delay(self, attempt: int, *, key: str = "") -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based) before the next one.
+        The jitter is derived from ``key`` and ``attempt`` (the same on a replay)."""
+        if attempt < 1:
+            raise ValueError(f"attempt numbers start at 1, got {attempt}")
+        exp = min(attempt - 1, 1000)
+        base = min(self.max_delay_s, self.initial_delay_s * self.factor ** exp)
+        if not self.jitter:
+            return base
+        h = int.from_bytes(hashlib.sha256(f"{key}\0{attempt}".encode()).digest()[:8], "big")
+        return base * (1 + self.jitter * (2 * h / 2**64 - 1))
+
+    def dead(self, attempt: int) -> bool:
+        """True once ``attempt`` failed attempts exhaust the policy (no further try)."""
+        return attempt >= self.max_attempts
+
+    def total_s(self) -> float:
+        """Seconds from the first to the last attempt (without jitter)."""
+        return sum(self.delay(n) for n in range(1, self.max_attempts))
+
+
+class _Destination(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    profile: str = Field(default="ai-ready", description="ai-ready (SEG+SR) | legacy (SC) | all")
+    max_associations: int = Field(default=2, ge=1, le=64, description=(
+        "concurrent associations / STOW requests to this destination, per process"))
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, v: str) -> str:
+        return check_output_profile(v)
+
+
+class DimseDestination(_Destination):
+    """C-STORE to a DICOM node: ``remote`` (a ``dicom.remotes`` name) or ae_title/host/port."""
+
+    kind: Literal["dimse"]
+    remote: str | None = None
+    ae_title: str | None = Field(default=None, min_length=1, max_length=16)
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    tls: bool = False
+
+    @model_validator(mode="after")
+    def _address(self) -> DimseDestination:
+        given = [f for f in ("ae_title", "host", "port") if getattr(self, f) is not None]
+        if self.remote is not None and given:
+            raise ValueError(f"give either remote or ae_title/host/port, not both ({given})")
+        if self.remote is None and len(given) != 3:
+            raise ValueError("a dimse destination needs remote (a dicom.remotes name) or all of "
+                             "ae_title, host and port")
+        return self
+
+
+class StowDestination(_Destination):
+    """STOW-RS (PS3.18 10.5) to a DICOMweb service: ``url`` is its root (``.../dicom-web``)."""
+
+    kind: Literal["stowrs"]
+    url: str
+    username: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = Field(default=None, description="bearer token")
+    password_env: str | None = Field(default=None, description=(
+        "read the password from this environment variable (instead of password)"))
+    token_env: str | None = Field(default=None, description=(
+        "read the bearer token from this environment variable (instead of token)"))
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_instances_per_request: int = Field(default=50, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"url must be http(s)://host[:port]/path, got {v!r}")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _credentials(self) -> StowDestination:
+        for field, env in (("password", self.password_env), ("token", self.token_env)):
+            if env is None:
+                continue
+            if getattr(self, field) is not None:
+                raise ValueError(f"give either {field} or {field}_env, not both")
+            value = os.environ.get(env)
+            if not value:
+                raise ValueError(f"{field}_env names the environment variable {env}, "
+                                 "which is not set")
+            setattr(self, field, SecretStr(value))
+        if (self.username is None) != (self.password is None):
+            raise ValueError("basic authentication needs both username and password")
+        if self.token is not None and self.username is not None:
+            raise ValueError("give either username/password or token, not both")
+        return self
+
+
+Destination = Annotated[DimseDestination | StowDestination, Field(discriminator="kind")]
+
+
+class ExportSettings(BaseModel):
+    """Where results go (``[export.destinations.NAME]``) — see docs/conformance.md."""
+
+    model_config = {"extra": "forbid"}
+
+    destinations: dict[str, Destination] = Field(default_factory=dict)
+
+    @field_validator("destinations")
+    @classmethod
+    def _names(cls, v: dict) -> dict:
+        bad = [n for n in v if not _DEST_NAME.match(n)]
+        if bad:
+            raise ValueError(f"destination names are 1-64 letters, digits, '.', '_' or '-': {bad}")
+        return v
+
+
 class Settings(BaseSettings):
     """All of Hounsfield's configuration."""
 
@@ -165,6 +324,7 @@ class Settings(BaseSettings):
     deid: DeidSettings = Field(default_factory=DeidSettings)
     ai: AiSettings = Field(default_factory=AiSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
 
     @field_validator("data_dir")
     @classmethod
@@ -177,6 +337,11 @@ class Settings(BaseSettings):
             "", "changeme", "change-me", "secret", "demo",
         } and self.profile != "demo":
             raise ValueError("secret_key is a placeholder; set a real one outside the demo profile")
+        for name, dest in self.export.destinations.items():
+            if getattr(dest, "remote", None) is not None and dest.remote not in self.dicom.remotes:
+                raise ValueError(f"export destination {name!r} names remote {dest.remote!r}, "
+                                 f"which is not in dicom.remotes "
+                                 f"({', '.join(sorted(self.dicom.remotes)) or 'none configured'})")
         return self
 
     @classmethod

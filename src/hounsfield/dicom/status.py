@@ -27,6 +27,7 @@ STORE_WARNING_COERCION = 0xB000
 STORE_WARNING_MISMATCH = 0xB007
 DUPLICATE_SOP_INSTANCE = 0x0111   # PS3.7 C.4: Failure, duplicate SOP instance
 NOT_AUTHORIZED = 0x0124           # PS3.7 C.4: Refused, not authorized
+SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.4: Refused, SOP class not supported
 PROCESSING_FAILURE = 0x0110
 # C-FIND / C-MOVE / C-GET (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4)
 QR_OUT_OF_RESOURCES = 0xA700
@@ -46,6 +47,7 @@ NAMES = {
     STORE_WARNING_COERCION: "Warning: coercion of data elements",
     DUPLICATE_SOP_INSTANCE: "Failure: duplicate SOP instance",
     NOT_AUTHORIZED: "Refused: not authorized",
+    SOP_CLASS_NOT_SUPPORTED: "Refused: SOP class not supported",
     PROCESSING_FAILURE: "Failure: processing failure",
     QR_OUT_OF_RESOURCES_SUBOPS: "Refused: out of resources, unable to perform sub-operations",
     MOVE_DESTINATION_UNKNOWN: "Refused: move destination unknown",

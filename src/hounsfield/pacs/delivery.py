@@ -8,7 +8,12 @@ from hounsfield.archive.archive import Archive
 from hounsfield.dicom import status as st
 from hounsfield.pacs.models import Delivery
 
-NO_ASSOCIATION = -1
+#: pseudo statuses (negative: no DICOM status came back) — see pacs/export.py for how each
+#: is classified; STOW-RS records HTTP failures as -<HTTP status> (pacs/stow.py)
+NO_ASSOCIATION = -1        # no association / connection (refused, timed out, aborted)
+REJECTED_TRANSIENT = -2    # A-ASSOCIATE-RJ, rejected-transient (PS3.8 9.3.4)
+REJECTED_PERMANENT = -3    # A-ASSOCIATE-RJ, rejected-permanent
+NOT_PREPARED = -4          # could not read or transcode the archived object: nothing sent
 
 
 @dataclass
@@ -18,6 +23,8 @@ class Item:
     status: int
     attempts: int = 1
     detail: str = ""
+    #: export only (pacs.export): "delivered" | "retry" (transient failure) | "dead"
+    outcome: str = ""
 
     @property
     def ok(self) -> bool:
@@ -30,6 +37,10 @@ class DeliveryReport:
     destination: str
     items: list[Item] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: export only: SOP instance UIDs not sent because the destination already acknowledged
+    #: them (``skipped``) or because its output profile excludes their kind (``excluded``)
+    skipped: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
 
     @property
     def sent(self) -> int:
@@ -42,6 +53,16 @@ class DeliveryReport:
     @property
     def ok(self) -> bool:
         return bool(self.items) and not self.failed
+
+    @property
+    def retry(self) -> list[Item]:
+        """Export: items that failed transiently (send them again after the back-off)."""
+        return [i for i in self.items if i.outcome == "retry"]
+
+    @property
+    def dead(self) -> list[Item]:
+        """Export: items refused permanently or out of attempts (an operator re-queues them)."""
+        return [i for i in self.items if i.outcome == "dead"]
 
     def save(self, archive: Archive) -> None:
         """Append every item to the ``delivery`` table (one transaction)."""

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
@@ -54,9 +55,13 @@ def _on_open(event: evt.Event) -> None:
 
 
 def associate(settings: Settings, node: RemoteNode, contexts: Sequence[PresentationContext], *,
-              roles: Sequence | None = None, handlers: Sequence = ()) -> Association:
-    """An established association with ``node`` (retried ``scu_retries`` times), else
-    :class:`PeerError` saying why (refused, rejected, aborted, timed out)."""
+              roles: Sequence | None = None, handlers: Sequence = (),
+              retries: int | None = None) -> Association:
+    """An established association with ``node`` (retried ``retries``, default
+    ``scu_retries``, times), else :class:`PeerError` saying why (refused, rejected, aborted,
+    timed out).  A rejection's ``detail`` is ``{"rejected": result}`` (PS3.8 9.3.4: 1 =
+    rejected-permanent, 2 = rejected-transient); ``{"no_contexts": [SOP classes]}`` when the
+    peer accepted none of the proposed presentation contexts."""
     d = settings.dicom
     ae = AE(ae_title=d.ae_title)
     ae.acse_timeout = d.acse_timeout_s
@@ -65,24 +70,34 @@ def associate(settings: Settings, node: RemoteNode, contexts: Sequence[Presentat
     ae.maximum_pdu_size = d.max_pdu
     ae.requested_contexts = list(contexts)
     tls = client_tls(settings, node.host) if node.tls else None
-    why = ""
-    for attempt in range(d.scu_retries + 1):
+    why, detail = "", None
+    for attempt in range(d.scu_retries + 1 if retries is None else retries + 1):
         if attempt:
             time.sleep(d.scu_retry_delay_s * (2 ** (attempt - 1)))
+        opened: list[bool] = []
         assoc = ae.associate(node.host, node.port, ae_title=node.ae_title,
                              ext_neg=list(roles or []), tls_args=tls,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, _on_open), *handlers])
+                             evt_handlers=[(evt.EVT_CONN_OPEN, _on_open),
+                                           (evt.EVT_CONN_OPEN, lambda _e: opened.append(True)),
+                                           *handlers])
         if assoc.is_established:
             return assoc
         if assoc.is_rejected:
             rj = assoc.acceptor.primitive
             why = (f"association rejected by {label(node)} (result {rj.result}, source "
                    f"{rj.result_source}, reason {rj.diagnostic})" if rj else "rejected")
+            detail = {"rejected": int(rj.result) if rj else 1}
             break  # a rejection is an answer: retrying will not change it
-        why = (f"association with {label(node)} aborted" if assoc.is_aborted
+        if assoc.rejected_contexts and not assoc.accepted_contexts:  # pynetdicom aborted it
+            refused = sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts})
+            why = (f"{label(node)} accepted none of the proposed presentation contexts "
+                   f"({', '.join(UID(u).name or u for u in refused)})")
+            detail = {"no_contexts": refused}
+            break
+        why = (f"association with {label(node)} aborted" if assoc.is_aborted and opened
                else f"cannot connect to {label(node)} (refused or timed out)")
         log.info("%s (attempt %d)", why, attempt + 1)
-    raise PeerError(why)
+    raise PeerError(why, detail=detail)
 
 
 def echo(settings: Settings, node: RemoteNode) -> float:
@@ -155,13 +170,15 @@ def send(archive: Archive, uids: Iterable[str], node: RemoteNode, *,
 
 
 def _store_one(archive: Archive, assoc: Association, sop: str, key: str, study: str,
-               attempt: int) -> Item:
+               attempt: int, *, not_prepared: int = st.PROCESSING_FAILURE) -> Item:
+    """C-STORE one archived instance; ``not_prepared`` is the status reported when it could
+    not be read or transcoded (nothing was sent)."""
     try:
         ds = dcmread(io.BytesIO(archive.blobs.read(key)))
         ds, how = fit_to_contexts(ds, assoc.accepted_contexts)
     except Exception as exc:  # noqa: BLE001 - reported per instance
         reason = getattr(exc, "reason", None) or repr(exc)
-        return Item(sop, study, st.PROCESSING_FAILURE, attempt, f"not sent: {reason}")
+        return Item(sop, study, not_prepared, attempt, f"not sent: {reason}")
     if not assoc.is_established:
         return Item(sop, study, NO_ASSOCIATION, attempt, "association lost")
     rsp = assoc.send_c_store(ds)
