@@ -10,6 +10,7 @@ CATEGORY = codes.SCT.MorphologicallyAbnormalStructure   # (49755003, SCT) CID 71
 FINDING = codes.SCT.Nodule                              # (27925004, SCT) CID 7151 / 6102
 SITE = codes.SCT.Lung                                   # (39607008, SCT) Finding Site
 PROCEDURE = Code("24627-2", "LN", "CT Chest")            # Procedure Reported (CID 100)
+AREA = codes.SCT.Area                                   # (42798000, SCT)
 LONG_AXIS = codes.SCT.LongAxis                          # (103339001, SCT)
 VOLUME = codes.SCT.Volume                               # (118565006, SCT)
 # the model's confidence: "The likelihood that the finding detected is in fact the type of
@@ -24,3 +25,5 @@ MM = codes.UCUM.Millimeter
 MM3 = codes.UCUM.CubicMillimeter
 RATIO = codes.UCUM.Ratio                                # ({ratio}, UCUM)
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")  # TID 1500 row 12
+COMMENT = codes.DCM.Comment                             # (121106, DCM)
+MM2 = codes.UCUM.SquareMillimeter

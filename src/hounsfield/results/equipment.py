@@ -13,6 +13,7 @@ from pydicom.sr.codedict import codes
 from hounsfield import __version__
 from hounsfield.dicom.uids import validate_uid
 from hounsfield.errors import InvalidInput
+from hounsfield.results.uids import derive_uid
 
 # CID 7005 "Contributing Equipment Purposes of Reference": the AI model processed the source
 # images to make this object (DCM 109103 is "Modifying Equipment", which is not what it did).
@@ -51,6 +52,24 @@ class AIModel:
     def label(self) -> str:
         return f"{self.name}@{self.version}"
 
+    @property
+    def software_versions(self) -> list[str]:
+        """Software Versions (LO, multi-valued): the model version, then Hounsfield's."""
+        return [self.version, f"hounsfield {self.software_version}"[:64]]
+
+
+def instance_identity(model: AIModel, input_key: str, kind: str, series_number: int,
+                      index: int = 1) -> dict[str, object]:
+    """The highdicom constructor arguments naming one result instance: its derived series and
+    SOP Instance UIDs (kind "SEG", "SR", "SC"; several SC are "SC-<index>"), series and
+    instance numbers, manufacturer."""
+    sop_kind = kind if kind != "SC" else f"SC-{index}"
+    return {"series_instance_uid": derive_uid(input_key, model.key, f"series-{kind}"),
+            "series_number": series_number,
+            "sop_instance_uid": derive_uid(input_key, model.key, sop_kind),
+            "instance_number": index,
+            "manufacturer": model.manufacturer}
+
 
 def contributing_equipment(model: AIModel, when: dt.datetime, description: str) -> Dataset:
     """One Contributing Equipment Sequence item for the model (IHE AIR: Manufacturer,
@@ -61,7 +80,7 @@ def contributing_equipment(model: AIModel, when: dt.datetime, description: str) 
         manufacturer=model.manufacturer,
         purpose_of_reference=PURPOSE_OF_REFERENCE,
         manufacturer_model_name=model.name,
-        software_versions=[model.version, f"hounsfield {model.software_version}"[:64]],
+        software_versions=model.software_versions,
         contribution_datetime=when,
         contribution_description=description[:1024],
     )

@@ -23,10 +23,10 @@ from pydicom.sr.codedict import codes as sr_codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from hounsfield.imaging.segment import outline
-from hounsfield.results.equipment import AIModel, contributing_equipment, series_description
+from hounsfield.results.equipment import (AIModel, contributing_equipment, instance_identity,
+                                          series_description)
 from hounsfield.results.findings import MeasuredFinding
 from hounsfield.results.source import SourceSeries, stamp_time
-from hounsfield.results.uids import derive_uid
 
 SERIES_NUMBER = 9003
 BANNER = "AI-generated — not reviewed"
@@ -125,11 +125,7 @@ def build_sc(src: SourceSeries, k: int, loops: list[np.ndarray], lines: list[str
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=derive_uid(input_key, model.key, "series-SC"),
-        series_number=SERIES_NUMBER,
-        sop_instance_uid=derive_uid(input_key, model.key, f"SC-{index}"),
-        instance_number=index,
-        manufacturer=model.manufacturer,
+        **instance_identity(model, input_key, "SC", SERIES_NUMBER, index),
         pixel_spacing=spacing,
         patient_orientation=_orientation(ref),
         series_description=series_description(model, "nodules key images"),
@@ -142,7 +138,7 @@ def build_sc(src: SourceSeries, k: int, loops: list[np.ndarray], lines: list[str
     # General Series Laterality is Type 2C (paired body parts only): name the unpaired part
     sc.BodyPartExamined = str(ref.get("BodyPartExamined", "") or "CHEST")
     sc.ManufacturerModelName = model.name
-    sc.SoftwareVersions = [model.version, f"hounsfield {model.software_version}"[:64]]
+    sc.SoftwareVersions = model.software_versions
     sc.DerivationDescription = ("AI result overlay: " + "; ".join(lines) + "; " + BANNER)[:1024]
     item = Dataset()
     item.ReferencedSOPClassUID = ref.SOPClassUID

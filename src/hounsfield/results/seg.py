@@ -19,7 +19,8 @@ from pydicom.dataset import Dataset
 
 from hounsfield.results import codes
 from hounsfield.results.equipment import (CONTENT_CREATOR, AIModel, content_label,
-                                          contributing_equipment, series_description)
+                                          contributing_equipment, instance_identity,
+                                          series_description)
 from hounsfield.results.findings import MeasuredFinding
 from hounsfield.results.source import SourceSeries, stamp_time
 from hounsfield.results.uids import derive_uid
@@ -74,13 +75,9 @@ def build_seg(src: SourceSeries, findings: list[MeasuredFinding], model: AIModel
         pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=derive_uid(input_key, model.key, "series-SEG"),
-        series_number=SERIES_NUMBER,
-        sop_instance_uid=derive_uid(input_key, model.key, "SEG"),
-        instance_number=1,
-        manufacturer=model.manufacturer,
+        **instance_identity(model, input_key, "SEG", SERIES_NUMBER),
         manufacturer_model_name=model.name,
-        software_versions=[model.version, f"hounsfield {model.software_version}"[:64]],
+        software_versions=model.software_versions,
         device_serial_number=model.device_uid[-16:],
         content_label=content_label("SEG"),
         content_description=f"AI nodule segmentation by {model.label}, not reviewed"[:64],

@@ -55,3 +55,7 @@ def stamp_time(ds: Dataset, when: dt.datetime) -> None:
     for prefix in ("Content", "InstanceCreation", "Series"):
         setattr(ds, f"{prefix}Date", d)
         setattr(ds, f"{prefix}Time", t)
+    if "TimeOfSecondaryCapture" in ds:
+        ds.DateOfSecondaryCapture, ds.TimeOfSecondaryCapture = d, t
+    for item in ds.get("ContributingEquipmentSequence", []):  # highdicom stamps its own clock
+        item.ContributionDateTime = d + t
