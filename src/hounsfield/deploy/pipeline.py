@@ -267,7 +267,7 @@ def run_job(archive, job) -> dict:  # noqa: ANN001
     results = build_results(datasets, vol, inference.findings, model,
                             input_key=series_content_key(content),
                             profile_kinds=set(OUTPUT_PROFILES[job.profile]),
-                            content_datetime=_aware(job.created_at))
+                            created=_aware(job.created_at))
     t["build_s"] = time.perf_counter() - t3
     t4 = time.perf_counter()
     from pydicom.filebase import DicomBytesIO
@@ -288,11 +288,23 @@ def run_job(archive, job) -> dict:  # noqa: ANN001
              "series_instance_uid": str(o.dataset.SeriesInstanceUID),
              "sop_class_uid": str(o.dataset.SOPClassUID)} for o in results.objects]
     n = len(inference.findings)
+    sc_series = {str(o.dataset.SOPInstanceUID): str(o.dataset.SeriesInstanceUID)
+                 for o in results.objects if o.kind.startswith("SC")}
+    findings = [{"label": f.label, "tracking_uid": f.tracking_uid, "x_mm": f.x_mm,
+                 "y_mm": f.y_mm, "z_mm": f.z_mm, "diameter_mm": f.long_axis_mm,
+                 "reported_diameter_mm": f.reported_diameter_mm, "volume_mm3": f.volume_mm3,
+                 "probability": f.probability, "boundary_found": f.boundary_found,
+                 "segmentation_note": f.segmentation_note,
+                 "slice_sop_instance_uid": f.source_sop_instance_uid,
+                 "sc_sop_instance_uid": f.key_image_sop_instance_uid or "",
+                 "sc_series_instance_uid": sc_series.get(f.key_image_sop_instance_uid or "", "")}
+                for f in results.findings]
     timings = {**job.timings, **{k: round(v, 3) for k, v in t.items()}}
     summary = (f"{n} finding(s)" if n else "no findings") + \
         f"; {len(uids)} result object(s) stored: " + \
         ", ".join(sorted({u['kind'] for u in uids}))
     update_job(archive, job.id, result_uids=uids, n_findings=n, timings=timings,
+               findings=findings,
                state="exporting" if job.destinations else "running",
                log_line=f"{summary} (inference {t['inference_s']:.1f} s)")
     return {"uids": uids, "findings": n}
