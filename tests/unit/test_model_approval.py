@@ -155,3 +155,59 @@ def test_rollback_demote_history_and_routing(env) -> None:  # noqa: ANN001
         reg.resolve_for_routing("flow@staging")
     with pytest.raises(InvalidInput, match="reserved"):
         reg.resolve("flow@v2")
+
+
+def test_cli_promote_list_history_rollback(tmp_path) -> None:  # noqa: ANN001
+    from typer.testing import CliRunner
+
+    from hounsfield.cli.main import app as cli
+    from hounsfield.web import auth
+
+    settings = load_settings(data_dir=tmp_path / "var", profile="demo")
+    archive = Archive.open(settings)
+    auth.create_user(archive, "alice", "admin", None)
+    auth.create_user(archive, "rad", "radiologist", None)
+    reg = ModelRegistry(settings)
+    v1, v2 = register_version(reg, tmp_path, "cli"), register_version(reg, tmp_path, "cli")
+    attach(reg, v1, tmp_path, good=True)
+    attach(reg, v2, tmp_path, good=False)
+    runner = CliRunner()
+
+    def run(*args: str):  # noqa: ANN202
+        return runner.invoke(cli, ["--data-dir", str(tmp_path / "var"), "models", *args],
+                             env={"COLUMNS": "300"})
+
+    r = run("promote", "cli@1", "--as", "rad", "--reason", "looks good")
+    assert r.exit_code == 2 and "an admin approves models" in r.output
+    r = run("promote", "cli@1", "--as", "nobody", "--reason", "x")
+    assert r.exit_code == 2 and "no user 'nobody'" in r.output
+    r = run("promote", "cli@2", "--as", "alice", "--reason", "x")
+    assert r.exit_code == 2 and "refused" in r.output and "detection rate" in r.output
+    r = run("promote", "cli@1", "--as", "alice", "--reason", "passes test")
+    assert r.exit_code == 0, r.output
+    assert "production - -> 1 by alice" in r.output and v1.device_uid in r.output
+    r = run("list", "cli")
+    assert r.exit_code == 0, r.output
+    row1, row2 = (ln for ln in r.output.splitlines() if "cli@" in ln)
+    assert "production" in row1 and "PASS luna-v1-test" in row1 and v1.device_uid in row1
+    assert "production" not in row2 and "FAIL luna-v1-test" in row2 and v2.device_uid in row2
+    r = run("show", "cli@production")
+    assert r.exit_code == 0 and "aliases: production" in r.output
+    assert f"device_uid: {v1.device_uid}" in r.output
+    r = run("rollback", "cli", "--as", "alice", "--reason", "x")
+    assert r.exit_code == 2 and "no earlier version" in r.output
+    r = run("demote", "cli", "--as", "alice", "--reason", "recall")
+    assert r.exit_code == 0 and "production 1 -> - by alice" in r.output
+    r = run("history", "cli", "--json")
+    assert r.exit_code == 0
+    import json
+
+    lines = [json.loads(ln) for ln in r.stdout.splitlines()]
+    assert [(e["action"], e["to_version"]) for e in lines] == [("promote", "1"), ("demote", None)]
+    assert lines[0]["source"].startswith("cli:") and lines[0]["reason"] == "passes test"
+    r = run("history", "cli")
+    assert r.exit_code == 0 and "recall" in r.output
+    kinds = [(e.action, e.outcome, e.actor) for e in _audit(archive, "MODEL-PROMOTE")]
+    assert kinds == [("MODEL-PROMOTE", 8, "rad"), ("MODEL-PROMOTE", 4, "alice"),
+                     ("MODEL-PROMOTE", 0, "alice")]
+    archive.close()

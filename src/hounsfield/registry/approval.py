@@ -169,7 +169,10 @@ def evaluation(reg: ModelRegistry, mv: ModelVersionInfo, report: str | None = No
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         return Evaluation(mv.ref, label, False, [f"its report.json cannot be read ({exc})"])
-    required, origin = recipe_targets(reg, mv)
+    try:
+        required, origin = recipe_targets(reg, mv)
+    except HounsfieldError as exc:  # bundle missing or damaged: nothing to judge against
+        return Evaluation(mv.ref, label, False, [exc.reason])
     used = data.get("targets") or {}
     problems = [f"the report was judged with {k} = {used.get(k)}, the recipe requires {want}"
                 for k, want in (required or {}).items() if _looser(k, want, used.get(k))]
