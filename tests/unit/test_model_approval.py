@@ -188,9 +188,10 @@ def test_cli_promote_list_history_rollback(tmp_path) -> None:  # noqa: ANN001
     assert "production - -> 1 by alice" in r.output and v1.device_uid in r.output
     r = run("list", "cli")
     assert r.exit_code == 0, r.output
-    row1, row2 = (ln for ln in r.output.splitlines() if "cli@" in ln)
-    assert "production" in row1 and "PASS luna-v1-test" in row1 and v1.device_uid in row1
-    assert "production" not in row2 and "FAIL luna-v1-test" in row2 and v2.device_uid in row2
+    assert (f"cli@1  aliases: production  evaluation: PASS luna-v1-test  device UID: "
+            f"{v1.device_uid}") in r.output
+    assert f"cli@2  aliases: -  evaluation: FAIL luna-v1-test  device UID: {v2.device_uid}" \
+        in r.output
     r = run("show", "cli@production")
     assert r.exit_code == 0 and "aliases: production" in r.output
     assert f"device_uid: {v1.device_uid}" in r.output

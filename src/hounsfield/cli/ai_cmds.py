@@ -144,24 +144,24 @@ def train_cmd(
 # -- registry ------------------------------------------------------------------------------------
 
 def models_list(ctx: typer.Context, name: Annotated[Optional[str], typer.Argument()] = None) -> None:
-    """List registered model versions: aliases, lineage, headline evaluation numbers, the
-    evaluation that counts for promotion, and the Device UID."""
+    """List registered model versions with lineage and headline evaluation numbers, then each
+    version's aliases, the evaluation that counts for promotion and its Device UID."""
     from hounsfield.registry.mlflow_registry import ModelRegistry
 
     with edge():
-        t = Table("model", "aliases", "dataset", "base", "recipe", "code", "test CPM",
-                  "heldout CPM", "evaluation", "device UID")
+        t = Table("model", "dataset", "base", "recipe", "code", "test CPM", "heldout CPM")
         reg = ModelRegistry(state(ctx).settings)
-        for mv in reg.versions(name):
+        versions = reg.versions(name)
+        for mv in versions:
             tg = mv.tags
             cpm = next((v for k, v in tg.items() if k.endswith("-test.cpm")
                         and "heldout" not in k), "")
             held = next((v for k, v in tg.items() if k.endswith("heldout-test.cpm")), "")
-            t.add_row(mv.ref, ",".join(mv.aliases), tg.get("dataset", ""),
-                      tg.get("base_model", ""), tg.get("recipe", tg.get("bundle_name", "")), tg.get("code_version", ""),
-                      _short(cpm), _short(held), model_cmds.evaluation_cell(reg, mv),
-                      mv.device_uid)
+            t.add_row(mv.ref, tg.get("dataset", ""), tg.get("base_model", ""),
+                      tg.get("recipe", tg.get("bundle_name", "")), tg.get("code_version", ""),
+                      _short(cpm), _short(held))
         console.print(t)
+        model_cmds.print_approval_lines(reg, versions)
 
 
 def _short(v: str) -> str:

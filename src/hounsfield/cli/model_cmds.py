@@ -114,12 +114,13 @@ def history_cmd(ctx: typer.Context, name: Annotated[str, typer.Argument(help="mo
         console.print(t)
 
 
-def evaluation_cell(reg, mv) -> str:  # noqa: ANN001
-    """``PASS label`` / ``FAIL label`` / ``none`` for ``models list``."""
+def print_approval_lines(reg, versions) -> None:  # noqa: ANN001
+    """One plain line per version (never cut to the terminal width, unlike a table cell):
+    ``nodules@1  aliases: production  evaluation: PASS luna-v1-test  device UID: 2.25...``."""
     from hounsfield.registry.approval import evaluation
 
-    ev = evaluation(reg, mv)
-    if ev.label is None:
-        return "none"
-    return f"{'PASS' if ev.passed else 'FAIL'} {ev.label}"
-
+    for mv in versions:
+        ev = evaluation(reg, mv)
+        verdict = "none" if ev.label is None else f"{'PASS' if ev.passed else 'FAIL'} {ev.label}"
+        typer.echo(f"{mv.ref}  aliases: {','.join(mv.aliases) or '-'}  evaluation: {verdict}  "
+                   f"device UID: {mv.device_uid}")
