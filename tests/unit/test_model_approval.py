@@ -212,3 +212,18 @@ def test_cli_promote_list_history_rollback(tmp_path) -> None:  # noqa: ANN001
     assert kinds == [("MODEL-PROMOTE", 8, "rad"), ("MODEL-PROMOTE", 4, "alice"),
                      ("MODEL-PROMOTE", 0, "alice")]
     archive.close()
+
+
+def test_rollback_rechecks_the_earlier_version(env) -> None:  # noqa: ANN001
+    reg, archive, tmp = env
+    v1, v2 = register_version(reg, tmp, "recheck"), register_version(reg, tmp, "recheck")
+    attach(reg, v1, tmp, good=True)
+    attach(reg, v2, tmp, good=True)
+    approval.promote(reg, archive, "recheck@1", approver=ADMIN, reason="a")
+    approval.promote(reg, archive, "recheck@2", approver=ADMIN, reason="b")
+    attach(reg, reg.resolve("recheck@1"), tmp, good=False, label="new-site-test")
+    with pytest.raises(PromotionRefused, match=r"rollback of recheck@production to recheck@1 "
+                                               r"refused: .*'new-site-test'"):
+        approval.rollback(reg, archive, "recheck", approver=ADMIN, reason="c")
+    assert reg.resolve("recheck@production").version == "2"
+    assert [h.action for h in approval.history(reg, "recheck")] == ["promote", "promote"]

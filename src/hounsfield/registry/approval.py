@@ -114,14 +114,15 @@ def attached_reports(reg: ModelRegistry, mv: ModelVersionInfo) -> list[str]:
     the attach time tag, or for older attachments the report file's time, orders them)."""
     labels = [k[len("eval."):-len(".passed")] for k in mv.tags
               if k.startswith("eval.") and k.endswith(".passed")]
-    root = reg.run_artifacts(mv.run_id) / "evaluation" if mv.run_id else None
 
     def when(label: str) -> float:
         ms = mv.tags.get(f"eval.{label}.attached_ms", "")
         if ms.isdigit():
             return int(ms) / 1000
-        f = root / label / "report.json" if root else None
-        return f.stat().st_mtime if f is not None and f.is_file() else 0.0
+        if not mv.run_id:
+            return 0.0
+        f = reg.run_artifacts(mv.run_id) / "evaluation" / label / "report.json"
+        return f.stat().st_mtime if f.is_file() else 0.0
 
     return sorted(labels, key=lambda lb: (when(lb), lb), reverse=True)
 
@@ -282,6 +283,22 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _move(reg: ModelRegistry, action: str, mv: ModelVersionInfo, alias: str,
+          current: str | None, approver: Approver, reason: str,
+          report: str | None = None) -> tuple[HistoryEntry, Evaluation]:
+    """Point the alias at ``mv`` if its evaluation passes; record the history entry."""
+    ev = evaluation(reg, mv, report)
+    if not ev.passed:
+        what = (f"promotion of {mv.ref} to {mv.name}@{alias}" if action == "promote"
+                else f"{action} of {mv.name}@{alias} to {mv.ref}")
+        raise PromotionRefused(f"{what} refused: {ev.reason}")
+    reg.client.set_registered_model_alias(mv.name, alias, mv.version)
+    entry = HistoryEntry(action, alias, current, mv.version, approver.username, approver.role,
+                         _now(), reason.strip(), approver.source, ev.label, mv.device_uid)
+    _append(reg, mv.name, entry)
+    return entry, ev
+
+
 def promote(reg: ModelRegistry, archive: Archive, ref: str, *, approver: Approver, reason: str,
             alias: str = PRODUCTION, report: str | None = None) -> HistoryEntry:
     """Point ``NAME@ALIAS`` at version ``ref`` (``NAME@VERSION``) after checking the approver
@@ -300,14 +317,7 @@ def promote(reg: ModelRegistry, archive: Archive, ref: str, *, approver: Approve
         current = _alias_version(reg, name, alias)
         if current == mv.version:
             raise Conflict(f"{mv.ref} already is {name}@{alias}")
-        ev = evaluation(reg, mv, report)
-        if not ev.passed:
-            raise PromotionRefused(f"promotion of {mv.ref} to {name}@{alias} refused: {ev.reason}")
-        reg.client.set_registered_model_alias(name, alias, mv.version)
-        entry = HistoryEntry("promote", alias, current, mv.version, approver.username,
-                             approver.role, _now(), reason.strip(), approver.source, ev.label,
-                             mv.device_uid)
-        _append(reg, name, entry)
+        entry, ev = _move(reg, "promote", mv, alias, current, approver, reason, report)
         return entry, (f"{mv.ref} -> {name}@{alias} (was {current or 'unset'}); report "
                        f"{ev.label} passed ({ev.targets_from}); reason: {reason.strip()}")
 
@@ -347,14 +357,7 @@ def rollback(reg: ModelRegistry, archive: Archive, name: str, *, approver: Appro
             raise NotFound(f"{name}@{alias} has no earlier version to roll back to "
                            f"(see `hounsfield models history {name}`)")
         mv = reg.resolve(f"{name}@{target}")
-        ev = evaluation(reg, mv)
-        if not ev.passed:
-            raise PromotionRefused(f"rollback of {name}@{alias} to {mv.ref} refused: {ev.reason}")
-        reg.client.set_registered_model_alias(name, alias, mv.version)
-        entry = HistoryEntry("rollback", alias, current, mv.version, approver.username,
-                             approver.role, _now(), reason.strip(), approver.source, ev.label,
-                             mv.device_uid)
-        _append(reg, name, entry)
+        entry, _ev = _move(reg, "rollback", mv, alias, current, approver, reason)
         return entry, (f"{name}@{alias} rolled back to {mv.ref} (was {current or 'unset'}); "
                        f"reason: {reason.strip()}")
 
