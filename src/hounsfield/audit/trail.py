@@ -42,6 +42,9 @@ class Action(StrEnum):
     VIEW = "VIEW"
     DELETE = "DELETE"
     AI_JOB = "AI-JOB"
+    MODEL_PROMOTE = "MODEL-PROMOTE"
+    MODEL_DEMOTE = "MODEL-DEMOTE"
+    MODEL_ROLLBACK = "MODEL-ROLLBACK"
 
 
 #: action -> (EventID as "code meaning", EventActionCode)
@@ -62,6 +65,11 @@ EVENT_IDS: dict[Action, tuple[str, str]] = {
     Action.LOGOUT: ("110114 User Authentication", "E"),
     Action.DELETE: ("110105 DICOM Study Deleted", "D"),
     Action.AI_JOB: ("110100 Application Activity", "E"),
+    # which model version clinical routing uses is a software configuration change
+    # (PS3.15 A.5.3.11 Security Alert, EventTypeCode 110131 "Software Configuration")
+    Action.MODEL_PROMOTE: ("110113 Security Alert", "U"),
+    Action.MODEL_DEMOTE: ("110113 Security Alert", "U"),
+    Action.MODEL_ROLLBACK: ("110113 Security Alert", "U"),
 }
 
 

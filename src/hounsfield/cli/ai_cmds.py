@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from hounsfield.cli import model_cmds
 from hounsfield.cli.common import console, edge, err_console, state
 from hounsfield.errors import InvalidInput
 
@@ -28,6 +29,7 @@ def register(app: typer.Typer) -> None:
     models.command("show")(models_show)
     models.command("import")(models_import)
     models.command("export")(models_export)
+    model_cmds.register(models)  # promote | demote | rollback | history
     app.add_typer(models, name="models")
     app.command("infer")(infer_cmd)
 
@@ -142,12 +144,15 @@ def train_cmd(
 # -- registry ------------------------------------------------------------------------------------
 
 def models_list(ctx: typer.Context, name: Annotated[Optional[str], typer.Argument()] = None) -> None:
-    """List registered model versions with lineage and headline evaluation numbers."""
+    """List registered model versions with lineage and headline evaluation numbers, then each
+    version's aliases, the evaluation that counts for promotion and its Device UID."""
     from hounsfield.registry.mlflow_registry import ModelRegistry
 
     with edge():
         t = Table("model", "dataset", "base", "recipe", "code", "test CPM", "heldout CPM")
-        for mv in ModelRegistry(state(ctx).settings).versions(name):
+        reg = ModelRegistry(state(ctx).settings)
+        versions = reg.versions(name)
+        for mv in versions:
             tg = mv.tags
             cpm = next((v for k, v in tg.items() if k.endswith("-test.cpm")
                         and "heldout" not in k), "")
@@ -156,6 +161,7 @@ def models_list(ctx: typer.Context, name: Annotated[Optional[str], typer.Argumen
                       tg.get("recipe", tg.get("bundle_name", "")), tg.get("code_version", ""),
                       _short(cpm), _short(held))
         console.print(t)
+        model_cmds.print_approval_lines(reg, versions)
 
 
 def _short(v: str) -> str:
@@ -176,6 +182,7 @@ def models_show(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="NAM
         typer.echo(mv.ref)
         typer.echo(f"  bundle: {reg.bundle_path(mv)}")
         typer.echo(f"  mlflow run: {mv.run_id}")
+        typer.echo(f"  aliases: {', '.join(mv.aliases) or '-'}")
         for k, v in sorted(mv.tags.items()):
             typer.echo(f"  {k}: {v}")
         for p in reg.reports(mv):

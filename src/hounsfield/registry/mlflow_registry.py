@@ -6,21 +6,40 @@ local artifact root ``<data_dir>/mlflow/artifacts``.  A model version's source i
 the run that produced it (a MONAI-layout bundle), and it carries lineage tags:
 ``dataset``, ``dataset_hash``, ``code_version``, ``recipe``, ``recipe_hash``, ``base_model``,
 plus evaluation headline numbers once a report is attached.
+
+Every version carries a ``device_uid`` tag: the DICOM Device UID its results name in
+Contributing Equipment (IHE AI Results), a ``2.25.<uuid4>`` UID made at registration, so every
+retrain or import gets a new one.  Versions registered before the tag existed get one derived
+from their identity the first time they are read (persisted then; deterministic, so two readers
+racing to assign it agree).
+
+References: ``NAME`` (latest version: research commands only), ``NAME@VERSION`` and
+``NAME@ALIAS`` (an MLflow registered-model alias such as ``nodules@production``, set only by
+:mod:`hounsfield.registry.approval`).  Routing uses :meth:`ModelRegistry.resolve_for_routing`,
+which accepts approved aliases only.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+import time
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from hounsfield.dicom.uids import derived_uid
 from hounsfield.errors import InvalidInput, NotFound
 
 EXPERIMENT = "lung-nodule-detection"
+DEVICE_UID_TAG = "device_uid"
+#: the alias clinical routing names by default
+PRODUCTION = "production"
+_ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 
 @dataclass
@@ -31,10 +50,28 @@ class ModelVersionInfo:
     run_id: str
     tags: dict[str, str]
     created_ms: int
+    #: the registered model's aliases that point at this version (e.g. ``("production",)``)
+    aliases: tuple[str, ...] = field(default=())
 
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
+
+    @property
+    def device_uid(self) -> str:
+        """The DICOM Device UID of this version (Contributing Equipment of its results)."""
+        return self.tags[DEVICE_UID_TAG]
+
+
+def validate_alias(alias: str) -> tuple[bool, str]:
+    """``(ok, reason)`` for an alias name: lower-case letters, digits, ``_`` and ``-``, starting
+    with a letter; not ``latest`` (MLflow reserves it, and routing never names it)."""
+    if not _ALIAS_RE.match(alias or ""):
+        return False, (f"alias {alias!r}: 1-63 lower-case letters, digits, '_' or '-', "
+                       "starting with a letter (e.g. production)")
+    if alias == "latest" or re.fullmatch(r"v\d+", alias):
+        return False, f"alias {alias!r} is reserved by MLflow; name a stage such as production"
+    return True, ""
 
 
 def tracking_uri(settings) -> str:
@@ -94,8 +131,9 @@ class ModelRegistry:
         except Exception:  # noqa: BLE001 - MLflow raises its own RestException
             self.client.create_registered_model(name)
         source = f"{self.client.get_run(run_id).info.artifact_uri}/bundle"
-        mv = self.client.create_model_version(name, source=source, run_id=run_id,
-                                              tags={k: str(v) for k, v in tags.items()},
+        tags = {k: str(v) for k, v in tags.items()}
+        tags[DEVICE_UID_TAG] = f"2.25.{uuid.uuid4().int}"  # PS3.5 B.2: new for every version
+        mv = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags,
                                               description=description)
         return self._info(mv)
 
@@ -105,34 +143,77 @@ class ModelRegistry:
         self.client.log_artifacts(mv.run_id, str(report_dir), f"evaluation/{label}")
         heads = {"cpm": report.get("cpm"), "sens_at_1fp": report.get("sensitivity_at_1fp"),
                  "detection_rate": report["operating_point"].get("sensitivity"),
-                 "passed": report.get("passed")}
+                 "passed": report.get("passed"), "attached_ms": int(time.time() * 1000)}
         for k, v in heads.items():
             self.client.set_model_version_tag(mv.name, mv.version, f"eval.{label}.{k}", str(v))
             if isinstance(v, float):
                 self.client.log_metric(mv.run_id, f"{label}_{k}", v)
 
     def resolve(self, ref: str) -> ModelVersionInfo:
-        """``NAME`` (latest version) or ``NAME@VERSION``."""
+        """``NAME`` (latest version), ``NAME@VERSION`` or ``NAME@ALIAS`` (e.g. ``@production``).
+
+        Plain ``NAME`` is for research commands; clinical routing calls
+        :meth:`resolve_for_routing`, which refuses it."""
         name, _, ver = ref.partition("@")
         if not name:
-            raise InvalidInput("model reference is NAME or NAME@VERSION")
+            raise InvalidInput("model reference is NAME, NAME@VERSION or NAME@ALIAS")
         versions = self.versions(name)
         if not versions:
             raise NotFound(f"no registered model named {name!r}")
         if not ver:
             return versions[-1]
+        if not ver.isdigit():
+            ok, why = validate_alias(ver)
+            if not ok:
+                raise InvalidInput(f"model reference {ref!r}: {why}")
+            for v in versions:
+                if ver in v.aliases:
+                    return v
+            held = sorted({a for v in versions for a in v.aliases})
+            raise NotFound(f"model {name!r} has no alias {ver!r} "
+                           f"({'aliases: ' + ', '.join(held) if held else 'no aliases set'}; "
+                           f"an admin sets one with `hounsfield models promote`)")
         for v in versions:
             if v.version == ver:
                 return v
         raise NotFound(f"model {name!r} has no version {ver!r} "
                        f"(has {', '.join(v.version for v in versions)})")
 
+    def resolve_for_routing(self, ref: str) -> ModelVersionInfo:
+        """The version a routing rule's ``NAME@ALIAS`` names, for clinical use.
+
+        Refuses plain ``NAME`` ("latest"), ``NAME@latest`` and fixed ``NAME@VERSION`` refs
+        (:class:`InvalidInput`), and an alias that was not set through an audited promotion
+        (one set by hand in MLflow's UI) (:class:`NotFound`)."""
+        from hounsfield.registry.approval import current_holder
+
+        name, sep, alias = ref.partition("@")
+        if not name or not sep or alias in ("", "latest") or alias.isdigit():
+            raise InvalidInput(f"routing rules name an alias such as {name or 'nodules'}"
+                               f"@{PRODUCTION}, not {ref!r}: a rule never follows the latest "
+                               "or a fixed version, only what an admin promoted")
+        mv = self.resolve(ref)
+        approved = current_holder(self, name, alias)
+        if approved != mv.version:
+            raise NotFound(f"{ref} points at version {mv.version}, which was not promoted "
+                           f"through Hounsfield (its promotion history says "
+                           f"{approved or 'nothing'}); promote it with `hounsfield models promote`")
+        return mv
+
     def versions(self, name: str | None = None) -> list[ModelVersionInfo]:
         filt = f"name='{name}'" if name else ""
         if name is not None and "'" in name:
             raise InvalidInput("model names cannot contain quotes")
-        mvs = [self._info(m) for m in self.client.search_model_versions(filt)]
+        aliases: dict[tuple[str, str], list[str]] = {}
+        for rm in self.client.search_registered_models(filter_string=filt):
+            for alias, ver in (rm.aliases or {}).items():
+                aliases.setdefault((rm.name, str(ver)), []).append(alias)
+        mvs = [self._info(m, tuple(sorted(aliases.get((m.name, str(m.version)), ()))))
+               for m in self.client.search_model_versions(filt)]
         return sorted(mvs, key=lambda m: (m.name, int(m.version)))
+
+    def model_names(self) -> list[str]:
+        return sorted(rm.name for rm in self.client.search_registered_models())
 
     def bundle_path(self, mv: ModelVersionInfo) -> Path:
         p = _local(mv.source)
@@ -178,7 +259,15 @@ class ModelRegistry:
             shutil.move(str(stage), dest)
         return dest
 
-    @staticmethod
-    def _info(m) -> ModelVersionInfo:
-        return ModelVersionInfo(m.name, str(m.version), m.source, m.run_id or "", dict(m.tags or {}),
-                                int(m.creation_timestamp or 0))
+    def _info(self, m, aliases: tuple[str, ...] | None = None) -> ModelVersionInfo:
+        tags = dict(m.tags or {})
+        created = int(m.creation_timestamp or 0)
+        if DEVICE_UID_TAG not in tags:  # registered before device UIDs: assign one, once
+            tags[DEVICE_UID_TAG] = derived_uid("hounsfield-model-device", m.name, str(m.version),
+                                               m.run_id or "", str(created))
+            self.client.set_model_version_tag(m.name, str(m.version), DEVICE_UID_TAG,
+                                              tags[DEVICE_UID_TAG])
+        if aliases is None:
+            aliases = tuple(sorted(getattr(m, "aliases", None) or ()))
+        return ModelVersionInfo(m.name, str(m.version), m.source, m.run_id or "", tags, created,
+                                aliases)
