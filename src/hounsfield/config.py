@@ -125,6 +125,13 @@ class DeidSettings(BaseModel):
     )
 
 
+class DeploySettings(BaseModel):
+    """The clinical pipeline: routing rules (see docs/howto/routing-rules.md)."""
+
+    rules_file: Path | None = Field(
+        default=None, description="routing rules YAML file; default <data_dir>/rules.yaml")
+
+
 class Settings(BaseSettings):
     """All of Hounsfield's configuration."""
 
@@ -149,6 +156,7 @@ class Settings(BaseSettings):
     web: WebSettings = Field(default_factory=WebSettings)
     deid: DeidSettings = Field(default_factory=DeidSettings)
     ai: AiSettings = Field(default_factory=AiSettings)
+    deploy: DeploySettings = Field(default_factory=DeploySettings)
 
     @field_validator("data_dir")
     @classmethod
