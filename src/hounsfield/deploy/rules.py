@@ -373,7 +373,8 @@ def parse_rules(text: str, *, source: str = "rules.yaml") -> RuleSet:
     try:
         return RuleSet.model_validate(data)
     except ValidationError as exc:
-        lines = [_describe(err, data, root, source) for err in exc.errors()]
+        described = [_describe(err, data, root, source) for err in exc.errors()]
+        lines = [text for _, text in sorted(described, key=lambda d: d[0])]
         raise InvalidInput(f"{source}: {len(lines)} problem(s) in the routing rules:\n"
                            + "\n".join(lines), detail=lines) from None
 
@@ -397,7 +398,7 @@ def rules_path(settings: Any) -> Path:
 
 
 # -- error messages ---------------------------------------------------------------------------
-def _describe(err: dict, data: dict, root: yaml.Node | None, source: str) -> str:
+def _describe(err: dict, data: dict, root: yaml.Node | None, source: str) -> tuple[int, str]:
     known = _known_keys(err["loc"])
     keep_last = err["type"] in ("extra_forbidden", "missing")
     loc = [p for k, p in enumerate(err["loc"]) if isinstance(p, int) or p in known
@@ -421,7 +422,7 @@ def _describe(err: dict, data: dict, root: yaml.Node | None, source: str) -> str
     elif err["type"] == "missing":
         msg = f"required key {err['loc'][-1]!r} is missing"
         field = field.rsplit(".", 1)[0] if "." in field else ""
-    return f"{where}: {rule}{field + ': ' if field else ''}{msg}"
+    return line or 0, f"{where}: {rule}{field + ': ' if field else ''}{msg}"
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
