@@ -16,6 +16,7 @@ from hounsfield.cli import (
     dicom_cmds,
     evaluate_cmds,
     imaging_cmds,
+    route_cmds,
     synth_cmds,
     web_cmds,
 )
@@ -60,3 +61,4 @@ synth_cmds.register(app)
 dicom_cmds.register(app)
 evaluate_cmds.register(app)
 ai_cmds.register(app)
+route_cmds.register(app)
