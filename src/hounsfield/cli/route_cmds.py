@@ -11,9 +11,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
-
-from hounsfield.cli.common import console, edge, state
+from hounsfield.cli.common import edge, state
 from hounsfield.errors import InvalidInput
 
 rules_app = typer.Typer(help="Routing rules (which model alias runs on which study).",
@@ -42,16 +40,29 @@ def _load(ctx: typer.Context, file: Path | None):
 
 
 def _match_summary(rule) -> str:  # noqa: ANN001
-    m = rule.match.model_dump(exclude_defaults=True)
+    import json
+
+    from hounsfield.deploy.rules import Range
+
     parts = []
-    for key, value in m.items():
-        if isinstance(value, list):
-            parts.append(f"{key}={','.join(map(str, value))}")
+    for key, value in rule.match.model_dump(exclude_defaults=True).items():
+        attr = getattr(rule.match, key)
+        if isinstance(attr, Range):
+            text = str(attr)
+        elif isinstance(value, list):
+            text = ", ".join(map(str, value))
         elif isinstance(value, dict):
-            parts.append(f"{key}={ {k: v for k, v in value.items() if v not in ([], None)} }")
+            text = json.dumps({k: v for k, v in value.items() if v not in ([], None)})
         else:
-            parts.append(f"{key}={value}")
+            text = json.dumps(value)
+        parts.append(f"{key} {text}")
     return "; ".join(parts) or "(every study)"
+
+
+def _preference_text(pref) -> str:  # noqa: ANN001
+    from hounsfield.deploy.rules import PREFERENCE_MEANING
+
+    return PREFERENCE_MEANING.get(pref, str(pref)) if isinstance(pref, str) else str(pref)
 
 
 @rules_app.command("validate")
@@ -63,15 +74,13 @@ def validate_cmd(
     """Check a rules file; print the rules in the order they are tried, or every error."""
     with edge():
         path, rules = _load(ctx, file)
-        table = Table(title=f"{path}: {len(rules.rules)} rule(s), in the order they are tried")
-        for col in ("#", "rule", "enabled", "priority", "model", "profile", "destinations",
-                    "match", "prefer"):
-            table.add_column(col)
+        typer.echo(f"{path}: {len(rules.rules)} rule(s), in the order they are tried")
         for k, r in enumerate(rules.ordered(), start=1):
-            table.add_row(str(k), r.name, "yes" if r.enabled else "no", str(r.priority), r.model,
-                          r.profile, ", ".join(r.destinations) or "-", _match_summary(r),
-                          ", ".join(str(p) for p in r.prefer) or "-")
-        console.print(table)
+            state_text = "" if r.enabled else ", disabled"
+            typer.echo(f"{k}. {r.name} (priority {r.priority}{state_text}): model {r.model}, "
+                       f"profile {r.profile}, destinations {', '.join(r.destinations) or '(none)'}")
+            typer.echo(f"   match: {_match_summary(r)}")
+            typer.echo(f"   prefer: {', '.join(_preference_text(p) for p in r.prefer) or '(none)'}")
 
 
 @route_app.command("explain")
