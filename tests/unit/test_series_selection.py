@@ -113,7 +113,7 @@ def test_no_rule_matched_gives_the_reason_per_rule(full):
     d = route(a, STUDY, rules)
     assert d.outcome == "unmatched" and d.rule is d.model is d.series_uid is None
     assert d.reason == ("no rule matched (brain-mr: modality CT, OT, SR are not MR; kids: patient "
-                        "age 54 is outside <= 16 years)")
+                        "age 54, outside <= 16 years)")
     assert "rule old: disabled" in d.log
     assert route(a, STUDY, parse_rules("")).reason == "no rule matched: there are no routing rules"
 
@@ -203,7 +203,7 @@ rules:
     ("{study_description: '*abdomen*'}", "study description 'CT CHEST' does not match '*abdomen*'"),
     ("{calling_ae: [OTHER_CT]}", "sent by CT_SCANNER, not OTHER_CT"),
     ("{site: [north]}", "site local is not north"),
-    ("{patient_age: {min: 60}}", "patient age 54 is outside >= 60 years"),
+    ("{patient_age: {min: 60}}", "patient age 54, outside >= 60 years"),
     ("{sop_class: [EnhancedCTImageStorage]}",
      "series 2: SOP class CT Image Storage is not Enhanced CT Image Storage"),
     ("{image_type: {all_of: [ORIGINAL, HELICAL]}}", "series 2: ImageType ORIGINAL\\PRIMARY\\AXIAL lacks HELICAL"),

@@ -58,7 +58,8 @@ from pydicom.uid import UID
 from sqlalchemy import select
 
 from hounsfield.archive.models import Instance, Patient, Series, Study
-from hounsfield.deploy.rules import PREFERENCE_MEANING, Match, PatternPreference, Rule, RuleSet
+from hounsfield.deploy.rules import (PREFERENCE_MEANING, Match, PatternPreference, Range, Rule,
+                                     RuleSet)
 from hounsfield.errors import HounsfieldError, NotFound
 from hounsfield.imaging.frames import Frame, frames_of
 from hounsfield.imaging.series import Stack, stack_geometry, stacks_of
@@ -362,12 +363,19 @@ def _study_reason(m: Match, st: StudyFacts) -> str | None:
         return f"sent by {', '.join(st.calling_aes)}, not {_one_of(m.calling_ae)}"
     if m.site and not set(st.sites) & set(m.site):
         return f"site {', '.join(st.sites) or '(none)'} is not {_one_of(m.site)}"
-    if m.patient_age is not None:
-        if st.patient_age is None:
-            return "patient age unknown (no PatientAge, no birth date)"
-        if not m.patient_age.contains(st.patient_age):
-            return f"patient age {st.patient_age:.0f} is outside {m.patient_age} years"
-    return None
+    age = st.patient_age
+    return _range_reason(m.patient_age, age, f"patient age {age:.0f}" if age is not None else "",
+                         " years", "patient age unknown (no PatientAge, no birth date)")
+
+
+def _range_reason(rng: Range | None, value: float | None, shown: str, unit: str,
+                  unknown: str) -> str | None:
+    """``None`` when there is no range or ``value`` is in it; else ``unknown`` / "X, outside R"."""
+    if rng is None:
+        return None
+    if value is None:
+        return unknown
+    return None if rng.contains(value) else f"{shown}, outside {rng}{unit}"
 
 
 def _sop_name(uid: str) -> str:
@@ -423,16 +431,15 @@ def _series_reason(m: Match, s: SeriesFacts) -> str | None:
     g = s.geometry
     if g.error is not None:
         return None  # attributes pass; the geometry check names the problem
-    if m.slices is not None and not m.slices.contains(g.frames):
-        return f"{g.frames} slices, outside {m.slices}"
-    if m.slice_thickness_mm is not None:
-        if s.thickness is None:
-            return "slice thickness unknown (no SliceThickness, one slice)"
-        if not m.slice_thickness_mm.contains(s.thickness):
-            return f"{s.thickness:g} mm slices, outside {m.slice_thickness_mm} mm"
-    if m.pixel_spacing_mm is not None and g.pixel_spacing is not None \
-            and not m.pixel_spacing_mm.contains(g.pixel_spacing):
-        return f"pixel spacing {g.pixel_spacing:g} mm, outside {m.pixel_spacing_mm} mm"
+    thick, spacing = s.thickness, g.pixel_spacing
+    why = (_range_reason(m.slices, g.frames, f"{g.frames} slices", "", "")
+           or _range_reason(m.slice_thickness_mm, thick, f"{thick:g} mm slices" if thick else "",
+                            " mm", "slice thickness unknown (no SliceThickness, one slice)")
+           or _range_reason(m.pixel_spacing_mm, spacing,
+                            f"pixel spacing {spacing:g} mm" if spacing else "", " mm",
+                            "pixel spacing unknown"))
+    if why:
+        return why
     if m.orientation and g.orientation not in ("mixed", "") and g.orientation not in m.orientation:
         return f"{g.orientation} (the rule takes {_one_of(m.orientation)})"
     return None
