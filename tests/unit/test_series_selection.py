@@ -336,3 +336,28 @@ def test_cli_route_explain(tmp_path):
     (data / "rules.yaml").write_text("rules:\n  - {name: mr, model: b}\n")
     res = runner.invoke(app, ["--data-dir", str(data), "route", "explain", STUDY])
     assert res.exit_code == 1 and "is not NAME@ALIAS" in res.output
+
+
+def test_enhanced_multiframe_from_headers(tmp_path):
+    """pydicom's eCT_Supplemental (Enhanced CT, geometry in functional groups): the header-only
+    data set places the frames exactly where the full object does; emri_small (Enhanced MR
+    without functional groups) is refused with the imaging core's own reason."""
+    from hounsfield.deploy.selection import _header_dataset
+    from hounsfield.imaging.series import stacks_of
+
+    ect = pydicom.dcmread(get_testdata_file("eCT_Supplemental.dcm"))
+    emr = pydicom.dcmread(get_testdata_file("emri_small.dcm"))
+    a = archive_with(tmp_path, [ect])
+    store(a, [emr])
+    (meta,) = study_facts(a, ect.StudyInstanceUID).series[0].headers
+    ours, real = stacks_of([_header_dataset(meta)]), stacks_of([ect])
+    assert [len(s.frames) for s in ours] == [len(s.frames) for s in real] == [2]
+    for o, r in zip(ours, real, strict=True):
+        assert (o.distances == r.distances).all()
+        assert o.frames[0].spacing_ij == r.frames[0].spacing_ij
+    d = route(a, ect.StudyInstanceUID, rule("{modality: [CT]}"))
+    assert "derived image (ImageType DERIVED\\PRIMARY\\PERFUSION\\RCBF)" in d.reason
+    d = route(a, emr.StudyInstanceUID, rule("{modality: [MR]}"))
+    assert d.outcome == "no-series"
+    assert "multi-frame image without per-frame geometry" in d.reason
+    a.close()

@@ -53,6 +53,7 @@ from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from sqlalchemy import select
@@ -199,10 +200,38 @@ def orientation_of(frame: Frame) -> str:
     return ("sagittal", "coronal", "axial")[axis]
 
 
+#: the attributes the imaging core's frame reader (imaging/frames.py) looks at, top level; a
+#: header data set is built of these alone (pydicom's from_json of a whole header costs ~20 ms)
+FRAME_KEYWORDS = (
+    "SOPInstanceUID", "ImageType", "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel",
+    "PhotometricInterpretation", "BitsAllocated", "BitsStored", "PixelRepresentation",
+    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+    "RescaleSlope", "RescaleIntercept", "EchoNumbers", "TemporalPositionIdentifier",
+    "TriggerTime", "AcquisitionNumber", "DiffusionBValue", "GridFrameOffsetVector",
+    "DoseGridScaling", "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
+)
+_FRAME_TAGS = tuple(f"{tag_for_keyword(k):08X}" for k in FRAME_KEYWORDS)
+_PLAIN_VRS = frozenset({"CS", "DS", "IS", "UI", "US", "SS", "UL", "SL", "FL", "FD", "LO", "SH"})
+
+
 def _header_dataset(meta: dict) -> Dataset:
-    """A pydicom data set from an instance's DICOM JSON, with an empty Pixel Data element so the
-    imaging core takes it for an image; its pixels are never decoded here."""
-    ds = Dataset.from_json(meta, bulk_data_uri_handler=lambda *_: b"")
+    """A pydicom data set of an instance's geometry attributes (:data:`FRAME_KEYWORDS`) from its
+    DICOM JSON, with an empty Pixel Data element so the imaging core takes it for an image;
+    its pixels are never decoded here."""
+    ds = Dataset()
+    complex_part = {}
+    for tag in _FRAME_TAGS:
+        el = meta.get(tag)
+        if el is None:
+            continue
+        vr, values = el.get("vr"), el.get("Value")
+        if vr in _PLAIN_VRS and values is not None and all(
+                isinstance(v, (str, int, float)) for v in values):
+            ds.add_new(int(tag, 16), vr, values[0] if len(values) == 1 else values)
+        else:
+            complex_part[tag] = el
+    if complex_part:
+        ds.update(Dataset.from_json(complex_part, bulk_data_uri_handler=lambda *_: b""))
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         ds.add_new(0x7FE00010, "OW", b"")
     return ds
