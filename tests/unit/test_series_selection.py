@@ -13,7 +13,7 @@ from hounsfield.archive import Archive
 from hounsfield.cli.main import app
 from hounsfield.config import load_settings
 from hounsfield.deploy.rules import parse_rules
-from hounsfield.deploy.selection import (calling_ae_of, patient_age_years, route, study_facts)
+from hounsfield.deploy.selection import calling_ae_of, patient_age_years, route, study_facts
 from hounsfield.dicom.uids import derived_uid
 from hounsfield.errors import NotFound
 from hounsfield.synth.ct import generate_ct

@@ -62,7 +62,7 @@ from hounsfield.archive.models import Instance, Patient, Series, Study
 from hounsfield.deploy.rules import (PREFERENCE_MEANING, Match, PatternPreference, Range, Rule,
                                      RuleSet)
 from hounsfield.errors import HounsfieldError, NotFound
-from hounsfield.imaging.frames import Frame, frames_of
+from hounsfield.imaging.frames import Frame
 from hounsfield.imaging.series import Stack, stack_geometry, stacks_of
 
 #: a series of fewer images is not a volume a model can read
