@@ -299,6 +299,13 @@ class ExportSettings(BaseModel):
         return v
 
 
+class DeploySettings(BaseModel):
+    """The clinical pipeline: routing rules (see docs/howto/routing-rules.md)."""
+
+    rules_file: Path | None = Field(
+        default=None, description="routing rules YAML file; default <data_dir>/rules.yaml")
+
+
 class Settings(BaseSettings):
     """All of Hounsfield's configuration."""
 
@@ -325,6 +332,7 @@ class Settings(BaseSettings):
     ai: AiSettings = Field(default_factory=AiSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
+    deploy: DeploySettings = Field(default_factory=DeploySettings)
 
     @field_validator("data_dir")
     @classmethod

@@ -17,6 +17,7 @@ from hounsfield.cli import (
     evaluate_cmds,
     imaging_cmds,
     job_cmds,
+    route_cmds,
     synth_cmds,
     web_cmds,
 )
@@ -62,3 +63,4 @@ dicom_cmds.register(app)
 evaluate_cmds.register(app)
 ai_cmds.register(app)
 job_cmds.register(app)
+route_cmds.register(app)

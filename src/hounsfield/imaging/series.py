@@ -123,24 +123,51 @@ def _tilt(stack: Stack) -> float:
     return worst
 
 
+@dataclass
+class StackGeometry:
+    """What the loader checks in a stack, from the headers alone (no pixels decoded)."""
+
+    slice_spacing: float  # median distance between neighbouring slices (mm); 1.0 for one slice
+    tilt: float  # tan of the largest drift of a slice off the normal (gantry tilt / shear)
+    irregular_gap: int | None  # k: the worst gap, between frames k and k+1, is off; None: regular
+
+    @property
+    def tilted(self) -> bool:
+        return self.tilt > TILT_TOL
+
+    @property
+    def tilt_deg(self) -> float:
+        return float(np.degrees(np.arctan(self.tilt)))
+
+
+def stack_geometry(stack: Stack) -> StackGeometry:
+    """The geometry of ``stack``; :class:`InvalidInput` when its frames differ in Rows/Columns
+    or PixelSpacing.  Tilt and irregular spacing are reported, not refused (the caller decides)."""
+    _check_uniform(stack)
+    nsl = len(stack.frames)
+    tilt = _tilt(stack) if nsl > 1 else 0.0
+    gaps = np.diff(stack.distances)
+    sk = float(np.median(gaps)) if nsl > 1 else 1.0  # one slice: unit spacing, as ITK does
+    irregular = nsl > 2 and np.max(np.abs(gaps - sk)) > max(SPACING_RTOL * sk, 1e-3)
+    return StackGeometry(sk, tilt, int(np.argmax(np.abs(gaps - sk))) if irregular else None)
+
+
 def volume_from_stack(stack: Stack, *, resample: bool = False, dtype: str | None = None) -> Volume:
     """Assemble one stack into a volume (see the module docstring for what is checked)."""
-    _check_uniform(stack)
+    geo = stack_geometry(stack)
     f0 = stack.frames[0]
     n = f0.normal
     direction = np.column_stack([f0.row_dir, f0.col_dir, n])
     si, sj = f0.spacing_ij
-    nsl = len(stack.frames)
-    tilt = _tilt(stack) if nsl > 1 else 0.0
-    if tilt > TILT_TOL and not resample:
-        raise InvalidInput(f"gantry tilt / sheared stack: slices drift {np.degrees(np.arctan(tilt)):.2f}"
+    tilt, sk = geo.tilt, geo.slice_spacing
+    if geo.tilted and not resample:
+        raise InvalidInput(f"gantry tilt / sheared stack: slices drift {geo.tilt_deg:.2f}"
                            f" degrees off the slice normal ({f0.label} .. {stack.frames[-1].label}); "
                            "pass resample=True to resample onto an orthogonal grid")
     gaps = np.diff(stack.distances)
-    sk = float(np.median(gaps)) if nsl > 1 else 1.0  # one slice: unit spacing, as ITK does
-    irregular = nsl > 2 and np.max(np.abs(gaps - sk)) > max(SPACING_RTOL * sk, 1e-3)
+    irregular = geo.irregular_gap is not None
     if irregular and not resample:
-        k = int(np.argmax(np.abs(gaps - sk)))
+        k = geo.irregular_gap
         raise InvalidInput(f"irregular slice spacing (missing slices?): {gaps[k]:.3f} mm between "
                            f"{stack.frames[k].label} and {stack.frames[k + 1].label}, expected "
                            f"{sk:.3f} mm; pass resample=True to resample to regular spacing")
