@@ -22,8 +22,12 @@ def demo_cmd(
     serve: Annotated[bool, typer.Option("--serve/--no-serve", help="start the platform afterwards")] = True,
     synthetic: Annotated[bool, typer.Option("--synthetic/--no-synthetic",
                                             help="add synthetic multi-site chest CT and DX")] = True,
+    scanner: Annotated[bool, typer.Option("--scanner/--no-scanner", help=(
+        "a simulated CT scanner sends a chest CT once the platform is up"))] = True,
 ) -> None:
-    """Import the real sample DICOM shipped offline (pydicom, pydicom-data) and show the archive."""
+    """Import the real sample DICOM shipped offline (pydicom, pydicom-data), deploy the shipped
+    demo nodule model, and run the platform; a simulated CT scanner then sends a chest CT whose
+    AI result arrives on its own."""
     with edge():
         st = state(ctx)
         st.overrides.setdefault("profile", "demo")
@@ -47,6 +51,11 @@ def demo_cmd(
                                  on_case=lambda _c: bar.advance(task), **DEMO_OPTIONS)
             console.print(f"synthetic studies from {len(sites)} sites; ground truth in {truth}")
         studies_cmd(ctx, limit=50)
+        from hounsfield.demo.clinical import prepare, simulate_scanner
+
+        ref = prepare(archive)
+        console.print(f"AI deployed: chest CTs are routed to [bold]{ref}[/] (the shipped demo "
+                      f"model; rules in {archive.settings.data_dir / 'rules.yaml'})")
         if serve:
             from hounsfield.cli.dicom_cmds import serve_cmd
 
@@ -54,5 +63,10 @@ def demo_cmd(
             console.print(f"\n[bold]Open http://{s.http.host}:{s.http.port}/ and log in as "
                           f"demo / demo[/] (demo profile only). Send DICOM to "
                           f"{s.dicom.ae_title}@{s.dicom.host}:{s.dicom.port}.")
+            if scanner:
+                console.print("A simulated CT scanner sends a chest CT once the platform is up: "
+                              "its AI result appears under AI jobs (/jobs) and on the study "
+                              "page of DEMO SCANNER within a minute.")
+                simulate_scanner(s)
             serve_cmd(ctx, dicom_port=None, ae_title=None, dicom_host=None, http_port=None,
                       http_host=None, role="all", log_level="INFO")
