@@ -128,8 +128,11 @@ def reread(data: bytes) -> Dataset:
 
 
 def sr_of(cts: list[Dataset]) -> Dataset:
-    """A TID 1500 measurement report (highdicom Comprehensive 3D SR): a polyline ROI around the
-    sphere on the middle slice, with its area."""
+    """A TID 1500 measurement report (highdicom Comprehensive 3D SR): a closed polyline ROI
+    around the sphere on the middle slice, with its area — written so that OHIF hydrates it
+    into a real measurement (docs/howto/viewer.md, "SR display rules"): a TID 1501 group whose
+    Tracking Identifier names OHIF's PlanarFreehandROI tool, and whose first NUM (Area) holds
+    the polyline as its INFERRED FROM coordinates (OHIF's hydrator reads the geometry there)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -138,16 +141,21 @@ def sr_of(cts: list[Dataset]) -> Dataset:
     c, r = size / 2, 0.22 * size
     angles = np.linspace(0, 2 * np.pi, 9)
     points = np.stack([c + r * np.cos(angles), c + r * np.sin(angles)], axis=1).astype(np.float32)
-    region = hd.sr.ImageRegion(
+    points[-1] = points[0]  # closed: OHIF's PlanarFreehandROI compares first and last point
+    dy, dx = (float(v) for v in ref.PixelSpacing)  # row spacing, column spacing
+    x, y = points[:, 0] * dx, points[:, 1] * dy
+    area = 0.5 * abs(float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])))  # the polygon's mm2
+    outline = hd.sr.CoordinatesForMeasurement(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=points,
         source_image=hd.sr.SourceImageForRegion.from_source_image(ref))
-    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(  # TID 1501
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derived_uid(ref.SOPInstanceUID, "tracking"), identifier="sphere ROI"),
-        referenced_region=region,
+            uid=derived_uid(ref.SOPInstanceUID, "tracking"),
+            identifier="Cornerstone3DTools@^0.1.0:PlanarFreehandROI:sphere ROI"),
         finding_type=codes.SCT.Lesion,
-        measurements=[hd.sr.Measurement(name=codes.SCT.Area, value=float(np.pi * r * r),
-                                        unit=codes.UCUM.SquareMillimeter)])
+        measurements=[hd.sr.Measurement(name=codes.SCT.Area, value=round(area, 2),
+                                        unit=codes.UCUM.SquareMillimeter,
+                                        referenced_coordinates=[outline])])
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
             observer_person_context=hd.sr.ObserverContext(

@@ -61,7 +61,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
                                source="test")
     assert all(o.status == "stored" for o in outcomes)
     live = LiveServer(settings, archive).start()
-    yield live, cts
+    yield live, cts, sr
     live.stop()
     archive.close()
 
@@ -73,13 +73,14 @@ def _shot(locator) -> np.ndarray:  # noqa: ANN001
 def test_login_open_ct_in_ohif_and_show_seg(server, tmp_path: Path) -> None:  # noqa: ANN001
     from playwright.sync_api import sync_playwright
 
-    live, cts = server
+    live, cts, sr = server
     problems: list[str] = []
-    sr_problem = ""
+    console = open(tmp_path / "console.log", "w")  # noqa: SIM115 - OHIF's console, for failures
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.on("console", lambda m: console.write(f"{m.type}: {m.text}\n"))
             page.on("response", lambda r: problems.append(f"{r.status} {r.url}")
                     if r.status >= 500 or ("/dicom-web/" in r.url and r.status >= 400) else None)
             # the viewer needs a login first
@@ -123,26 +124,43 @@ def test_login_open_ct_in_ohif_and_show_seg(server, tmp_path: Path) -> None:  # 
                 f"no SEG overlay visible ({reddish_before} -> {reddish} red pixels); "
                 f"screenshots in {tmp_path}")
 
-            # a TID 1500 measurement report: OHIF draws its ROI and the area next to it
+            # a TID 1500 measurement report that OHIF can rehydrate (no "!" badge): it asks
+            # "continue tracking measurements?", turns the group into a tracked measurement
+            # (its measurement panel) and draws the ROI with its area on the CT
             page.get_by_text("SR", exact=True).first.dblclick()
-            try:
-                page.get_by_text(re.compile(r"Area: [0-9.]+ mm")).first.wait_for(timeout=WAIT_MS)
-            except Exception:  # noqa: BLE001 - known issue, reported below after the other checks
-                sr_problem = ("OHIF showed the SR (jumped to its referenced slice) but did not draw "
-                              f"its measurement; screenshot in {tmp_path}")
-                page.screenshot(path=str(tmp_path / "sr.png"))
-            else:
-                page.wait_for_timeout(1000)
-                report = _shot(page.locator("canvas.cornerstone-canvas").first)
-                page.screenshot(path=str(tmp_path / "sr.png"))
-                svg = page.locator("svg").filter(has_text="Area").count()
-                assert svg >= 1, "the SR measurement is not drawn"
-                assert report.std() > 20
+            page.get_by_text("continue tracking measurements").first.wait_for(timeout=WAIT_MS)
+            page.get_by_role("button", name="Yes").click(timeout=WAIT_MS)
+            page.get_by_text(re.compile(r"Area: [0-9.]+ mm")).first.wait_for(timeout=WAIT_MS)
+            shown = page.get_by_text(re.compile(r"Area: [0-9.]+ mm")).first.text_content() or ""
+            group = sr.ContentSequence[-1].ContentSequence[0]  # Imaging Measurements > group
+            (num,) = (i for i in group.ContentSequence if i.ValueType == "NUM")
+            sr_area = float(num.MeasuredValueSequence[0].NumericValue)
+            # OHIF recomputes the area from the hydrated polygon: it must match the SR's
+            assert abs(float(shown.split()[1]) - sr_area) <= 1, (shown, sr_area)
+            page.wait_for_timeout(1000)
+            report = _shot(page.locator("canvas.cornerstone-canvas").first)
+            page.screenshot(path=str(tmp_path / "sr.png"))
+            state = page.evaluate("""() => {
+                const s = window.services;
+                const sr = s.displaySetService.getActiveDisplaySets()
+                    .filter(d => d.Modality === 'SR');
+                return {sr: sr.map(d => [d.isRehydratable, d.isHydrated]),
+                        measurements: s.measurementService.getMeasurements().map(
+                            m => [m.toolName, m.referencedImageId ? 'image' : 'none'])};
+            }""")
+            assert state["sr"] == [[True, True]], (
+                f"OHIF did not hydrate the SR (rehydratable, hydrated): {state}; console in "
+                f"{tmp_path}")
+            assert state["measurements"] == [["PlanarFreehandROI", "image"]], state
+            svg = page.locator("svg").filter(has_text="Area").count()
+            assert svg >= 1, "the SR measurement is not drawn"
+            assert report.std() > 20
         except Exception:
             page.screenshot(path=str(tmp_path / "failure.png"))
             raise
         finally:
             browser.close()
+            console.close()
     assert not problems, problems
     live.flush_audit()
     from hounsfield.audit import query
@@ -150,9 +168,3 @@ def test_login_open_ct_in_ohif_and_show_seg(server, tmp_path: Path) -> None:  # 
     with live.archive.session() as s:
         actions = {e.action for e in query(s, {"actor": "demo"}, limit=1000)}
     assert {"LOGIN", "QIDO", "WADO", "VIEW"} <= actions
-    if sr_problem:
-        # Known intermittent issue (seen 2026-11-26 in 4 of 7 runs, in full-suite runs and alone;
-        # it passed alone in 15 s right after): OHIF opens the SR at its referenced slice but
-        # shows an "!" status and does not draw the measurement. Everything above (login, CT rendered, SEG overlay,
-        # no DICOMweb errors, audit) stays strictly asserted. Tracked in the session note.
-        pytest.xfail(sr_problem)
