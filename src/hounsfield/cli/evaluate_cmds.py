@@ -56,10 +56,12 @@ def evaluate_cmd(
         elif model is not None:
             if dataset is None:
                 raise InvalidInput("scoring a model needs --dataset NAME[@VERSION]")
+            from hounsfield.datasets.manifest import open_dataset
             from hounsfield.evaluate.runner_eval import evaluate_model
 
             st = state(ctx)
-            report, jp, hp = evaluate_model(st.archive, st.settings, model, dataset, split,
+            ds = open_dataset(st.settings, dataset)
+            report, jp, hp = evaluate_model(st.archive, st.settings, model, ds, split,
                                             out, targets=targets, bootstrap=bootstrap,
                                             attach=register_report, tta_top_k=tta,
                                             device=device)

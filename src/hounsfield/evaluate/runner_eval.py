@@ -69,12 +69,13 @@ def evaluate_runner(archive, settings, runner: Runner, ds, split: str, out: Path
     return report, jp, hp
 
 
-def evaluate_model(archive, settings, model_ref: str, dataset_ref: str, split: str,  # noqa: ANN001
+def evaluate_model(archive, settings, model_ref: str, ds, split: str,  # noqa: ANN001
                    out: Path, *, targets: AcceptanceTargets | None = None, bootstrap: int = 1000,
                    attach: bool = True, tta_top_k: int | None = None,
                    device: str | torch.device = "auto") -> tuple[dict[str, Any], Path, Path]:
-    """``hounsfield evaluate MODEL --dataset D --split S``: report, attached to the version."""
-    from hounsfield.datasets.manifest import open_dataset
+    """``hounsfield evaluate MODEL --dataset D --split S``: the report of a registered model on
+    a split of ``ds`` (an opened dataset version: ``datasets.manifest.open_dataset``), attached
+    to the model version."""
     from hounsfield.infer.loader import load_model
     from hounsfield.infer.runner import RunOptions
     from hounsfield.registry.mlflow_registry import ModelRegistry
@@ -83,7 +84,6 @@ def evaluate_model(archive, settings, model_ref: str, dataset_ref: str, split: s
     mv = reg.resolve(model_ref)
     runner = load_model(settings, mv.ref, device)
     runner.check(RunOptions(tta_top_k=tta_top_k))
-    ds = open_dataset(settings, dataset_ref)
     tta = tta_top_k if tta_top_k is not None else getattr(runner, "tta_top_k", 0)
     report, jp, hp = evaluate_runner(archive, settings, runner, ds, split, out,
                                      targets=targets or AcceptanceTargets(), bootstrap=bootstrap,
