@@ -58,7 +58,9 @@ def evaluate_cmd(
                 raise InvalidInput("scoring a model needs --dataset NAME[@VERSION]")
             from hounsfield.datasets.manifest import open_dataset
             from hounsfield.evaluate.runner_eval import evaluate_model
+            from hounsfield.infer.device import resolve_device
 
+            resolve_device(device)  # a bad --device fails before any work
             st = state(ctx)
             ds = open_dataset(st.settings, dataset)
             report, jp, hp = evaluate_model(st.archive, st.settings, model, ds, split,
