@@ -15,7 +15,7 @@ from hounsfield.infer.precision import autocast
 from hounsfield.infer.result import Finding, findings_at
 from hounsfield.infer.runner import Run, Runner
 from hounsfield.models.candidates import Candidates, CandidateSpec
-from hounsfield.models.two_stage import cached_candidates, classify, merge_detections, spec_key
+from hounsfield.models.two_stage import cached_candidates, classify, select_detections, spec_key
 from hounsfield.models.volume import PreprocessPlan, Volume, to_patient
 
 
@@ -75,7 +75,7 @@ class TwoStageRunner(Runner):
             run.candidates_mm = to_patient(prep, cands.zyx) if len(cands) else np.zeros((0, 3))
         if not len(cands):
             return []
-        keep = merge_detections(cands.zyx, cands.diameter_mm, probs,
-                                np.asarray(prep.spacing[::-1]))
-        keep = keep[probs[keep] >= self.threshold][:self.top_k]
+        keep = select_detections(cands.zyx, cands.diameter_mm, probs,
+                                 np.asarray(prep.spacing[::-1]), threshold=self.threshold,
+                                 top_k=self.top_k)
         return findings_at(prep, cands.zyx[keep], cands.diameter_mm[keep], probs[keep])

@@ -25,7 +25,6 @@ import torch
 
 from hounsfield.errors import InvalidInput
 from hounsfield.models.detector import NetworkSpec, build_network
-from hounsfield.models.volume import PreprocessPlan
 
 _TARGETS = {"basic_unet": "monai.networks.nets.BasicUNet",
             "patch_cnn": "hounsfield.models.detector.PatchClassifier"}

@@ -128,3 +128,11 @@ def merge_detections(centres_zyx: np.ndarray, diam_mm: np.ndarray, probs: np.nda
         krad[n] = max(diam_mm[i] / 2, 2.0)
         kept.append(int(i))
     return np.asarray(kept, dtype=int)
+
+
+def select_detections(centres_zyx: np.ndarray, diam_mm: np.ndarray, probs: np.ndarray,
+                      spacing_zyx: np.ndarray, *, threshold: float, top_k: int) -> np.ndarray:
+    """Indices of the findings: :func:`merge_detections`, then those at ``threshold`` or above,
+    the ``top_k`` most probable (inference and training's validation alike)."""
+    keep = merge_detections(centres_zyx, diam_mm, probs, spacing_zyx)
+    return keep[probs[keep] >= threshold][:top_k]

@@ -23,7 +23,7 @@ from hounsfield.infer.precision import autocast
 from hounsfield.models.candidates import Candidates
 from hounsfield.models.detector import build_network
 from hounsfield.models.two_stage import (cached_candidates, classify, extract_patch,
-                                         merge_detections, spec_key)
+                                         select_detections, spec_key)
 from hounsfield.train.data import PreparedVolume
 from hounsfield.train.module import FiniteGradients, epoch_loader
 from hounsfield.train.recipe import Augment, Recipe
@@ -163,9 +163,9 @@ def detect(net, pv: PreparedVolume, cands: Candidates, recipe: Recipe,
     with autocast(precision, next(net.parameters()).device):  # type: ignore[arg-type]
         probs = classify(net, pv.volume.array, cands.zyx, recipe.patch,
                          batch_size=recipe.inference.batch_size)
-    keep = merge_detections(cands.zyx, cands.diameter_mm, probs,
-                            np.asarray(pv.volume.spacing[::-1]))
-    keep = keep[probs[keep] >= recipe.inference.threshold][:recipe.inference.top_k]
+    keep = select_detections(cands.zyx, cands.diameter_mm, probs,
+                             np.asarray(pv.volume.spacing[::-1]),
+                             threshold=recipe.inference.threshold, top_k=recipe.inference.top_k)
     return cands.zyx[keep], cands.diameter_mm[keep], probs[keep]
 
 
