@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from hounsfield.cli.common import State
     from hounsfield.datasets.manifest import open_dataset
-    from hounsfield.models.volume import PreprocessPlan, load_series, to_voxel
-    from hounsfield.train.data import _cached
+    from hounsfield.models.volume import PreprocessPlan, load_series, preprocessed_volume, to_voxel
 
     rep_dir = Path(a.report)
     report = json.loads((rep_dir / "report.json").read_text())
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         uid = row["series_instance_uid"]
         if not nodules[uid]:
             continue
-        prep = _cached(st.archive, row, plan, cache)
+        prep = preprocessed_volume(st.archive, row, plan, cache)
         hu_plan = prep.array * (plan.hu_max - plan.hu_min) + plan.hu_min
         src = load_series(st.archive, uid)
         p = np.array(preds[uid]) if preds[uid] else np.zeros((0, 4))

@@ -11,7 +11,7 @@ from scipy import ndimage
 from hounsfield.models.candidates import (CandidateSpec, _ellipsoid, dilate_ellipsoid,
                                           find_candidates, lung_mask)
 from hounsfield.models.candidates_torch import gaussian, largest_eigenvalue, max_filter
-from hounsfield.models.two_stage import candidate_device
+from hounsfield.infer.device import candidate_device
 
 from tests.unit.test_nodule_two_stage import SP, chest
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from hounsfield.deploy.inference import sliding_window
 from hounsfield.errors import InvalidInput
+from hounsfield.infer import sliding_window
 from hounsfield.models.detector import NetworkSpec, build_network, decode, heatmap_targets
 from hounsfield.models.volume import PreprocessPlan, Volume, to_patient, to_voxel
 from hounsfield.train.recipe import load_recipe

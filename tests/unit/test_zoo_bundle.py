@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from hounsfield.deploy.zoo_runner import load_zoo_runner
+from hounsfield.infer.zoo import load_zoo_runner
 from hounsfield.errors import InvalidInput
 from hounsfield.imaging.volume import Volume
 from hounsfield.models.zoo import load_zoo_config, reorient

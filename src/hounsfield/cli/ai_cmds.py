@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from hounsfield.cli import model_cmds
-from hounsfield.cli.common import console, edge, err_console, state
+from hounsfield.cli.common import DEVICE_HELP, console, edge, err_console, state
 from hounsfield.errors import InvalidInput
 
 
@@ -112,6 +112,7 @@ def train_cmd(
     resume: Annotated[Optional[str], typer.Option(help="checkpoint path, or 'last'")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="run folder (default data_dir/runs/…)")] = None,
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples in reports")] = 1000,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Train (or fine-tune) a model, evaluate it on the test splits and register it."""
     from hounsfield.train.run import train
@@ -125,7 +126,8 @@ def train_cmd(
         st = state(ctx)
         res = train(st.archive, st.settings, recipe, dataset, model_name=name, base=base,
                     preset=preset, overrides=over, resume=resume, run_dir=run_dir,
-                    bootstrap=bootstrap, log=lambda m: err_console.print(f"[dim]{m}[/]"))
+                    bootstrap=bootstrap, device=device,
+                    log=lambda m: err_console.print(f"[dim]{m}[/]"))
         console.print(f"trained {res.epochs} epochs / {res.steps} steps in {res.seconds:.0f} s; "
                       f"best validation CPM {res.best_val_cpm}")
         if res.model:
@@ -240,16 +242,17 @@ def infer_cmd(
     tta: Annotated[Optional[int], typer.Option(
         help="two-stage models: re-score the top K candidates over 8 flips (0 = off; default: "
              "the model's setting)")] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Detect nodules in one archived series; findings in patient mm with provenance."""
-    from hounsfield.deploy.inference import infer_series
+    from hounsfield.infer import infer_series
 
     with edge():
         if precision not in ("fp32", "bf16", "amp"):
             raise InvalidInput(f"--precision {precision!r}: fp32, bf16 or amp")
         st = state(ctx)
-        res = infer_series(st.archive, st.settings, model, series_uid, precision=precision,  # type: ignore[arg-type]
-                           tta_top_k=tta)
+        res = infer_series(st.archive, st.settings, model, series_uid, device=device,
+                           precision=precision, tta_top_k=tta)  # type: ignore[arg-type]
         if as_json:
             console.print_json(json.dumps(res.to_dict()))
             return
@@ -260,5 +263,6 @@ def infer_cmd(
                       f"{f.probability:.3f}")
         console.print(t)
         p = res.provenance
-        console.print(f"model {p['model']}@{p['model_version']}, {p['precision']}, "
-                      f"network {p['network_s']} s, preprocessing {p['preprocess_s']} s")
+        console.print(f"model {p['model']}@{p['model_version']}, {p['precision']} on "
+                      f"{p['device']}, network {p['network_s']} s, preprocessing "
+                      f"{p['preprocess_s']} s")

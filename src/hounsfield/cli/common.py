@@ -25,6 +25,9 @@ from hounsfield.errors import HounsfieldError
 console = Console()
 err_console = Console(stderr=True)
 
+#: the help of every ``--device`` option (``infer``, ``evaluate``, ``train``)
+DEVICE_HELP = "cpu | cuda | cuda:N | auto (the first GPU when there is one, else the CPU)"
+
 
 class State:
     """What the global options (``--config``, ``--data-dir``) select; built lazily."""

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from hounsfield.cli.common import console, edge, state
+from hounsfield.cli.common import DEVICE_HELP, console, edge, state
 from hounsfield.errors import InvalidInput
 
 
@@ -36,6 +36,7 @@ def evaluate_cmd(
     tta: Annotated[Optional[int], typer.Option(
         help="two-stage models: re-score the top K candidates over 8 flips (0 = off; default: "
              "the model's setting)")] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Score detections like LUNA16 (FROC, CPM, operating point, breakdowns, pass/fail)."""
     from hounsfield.evaluate.study import AcceptanceTargets
@@ -55,12 +56,17 @@ def evaluate_cmd(
         elif model is not None:
             if dataset is None:
                 raise InvalidInput("scoring a model needs --dataset NAME[@VERSION]")
-            from hounsfield.deploy.evaluation import evaluate_model
+            from hounsfield.datasets.manifest import open_dataset
+            from hounsfield.evaluate.runner_eval import evaluate_model
+            from hounsfield.infer.device import resolve_device
 
+            resolve_device(device)  # a bad --device fails before any work
             st = state(ctx)
-            report, jp, hp = evaluate_model(st.archive, st.settings, model, dataset, split,
+            ds = open_dataset(st.settings, dataset)
+            report, jp, hp = evaluate_model(st.archive, st.settings, model, ds, split,
                                             out, targets=targets, bootstrap=bootstrap,
-                                            attach=register_report, tta_top_k=tta)
+                                            attach=register_report, tta_top_k=tta,
+                                            device=device)
         else:
             raise InvalidInput("give MODEL --dataset D, or --predictions CSV --annotations CSV")
         print_summary(report)

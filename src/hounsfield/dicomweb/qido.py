@@ -30,8 +30,8 @@ from hounsfield.dicomweb.common import (
     note_audit,
     wants_json,
 )
+from hounsfield.dicomweb.deps import ArchiveDep, Reader
 from hounsfield.errors import InvalidInput
-from hounsfield.web.deps import ArchiveDep, Reader
 
 router = APIRouter()
 

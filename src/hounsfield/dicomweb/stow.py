@@ -31,9 +31,9 @@ from hounsfield.dicomweb.common import (
     json_response,
     note_audit,
 )
+from hounsfield.dicomweb.deps import ArchiveDep, Writer
 from hounsfield.dicomweb.multipart import parse_media_type, parse_related
 from hounsfield.errors import InvalidDicom, InvalidInput, OutOfResources, PayloadTooLarge
-from hounsfield.web.deps import ArchiveDep, Writer
 
 router = APIRouter()
 

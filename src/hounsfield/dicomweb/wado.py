@@ -28,9 +28,9 @@ from hounsfield.dicomweb.common import (
     parse_accept,
     wants_json,
 )
+from hounsfield.dicomweb.deps import ArchiveDep, Reader
 from hounsfield.dicomweb.multipart import new_boundary, related_content_type, related_stream
 from hounsfield.errors import InvalidInput, NotFound
-from hounsfield.web.deps import ArchiveDep, Reader
 
 router = APIRouter()
 

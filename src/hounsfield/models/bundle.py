@@ -25,7 +25,6 @@ import torch
 
 from hounsfield.errors import InvalidInput
 from hounsfield.models.detector import NetworkSpec, build_network
-from hounsfield.models.volume import PreprocessPlan
 
 _TARGETS = {"basic_unet": "monai.networks.nets.BasicUNet",
             "patch_cnn": "hounsfield.models.detector.PatchClassifier"}
@@ -141,29 +140,3 @@ def load_network(path: Path | str) -> tuple[torch.nn.Module, dict[str, Any]]:
     net.load_state_dict(state)
     net.eval()
     return net, hf
-
-
-def load_runner(path: Path | str, *, name: str = "", version: str = ""):
-    """The runner of a bundle: Hounsfield's (heatmap or two-stage detector) or a MONAI
-    model-zoo RetinaNet bundle (:class:`~hounsfield.deploy.zoo_runner.ZooRetinaNetRunner`)."""
-    from hounsfield.deploy.inference import DetectorRunner
-
-    if read_bundle_info(path)["hounsfield"] is None:  # a MONAI model-zoo bundle
-        from hounsfield.deploy.zoo_runner import load_zoo_runner
-
-        return load_zoo_runner(path, name=name, version=version)
-    net, hf = load_network(path)
-    inf = hf["inference"]
-    if hf.get("detector", "heatmap") == "two-stage":
-        from hounsfield.deploy.two_stage import TwoStageRunner
-        from hounsfield.models.candidates import CandidateSpec
-
-        return TwoStageRunner(net, PreprocessPlan.model_validate(hf["plan"]),
-                              CandidateSpec.model_validate(hf["candidates"]),
-                              tuple(hf["patch"]), threshold=inf["threshold"],
-                              top_k=inf["top_k"], batch_size=inf["batch_size"],
-                              tta_top_k=int(inf.get("tta_top_k", 0)),
-                              model_name=name, model_version=version)
-    return DetectorRunner(net, PreprocessPlan.model_validate(hf["plan"]), tuple(inf["roi"]),
-                          threshold=inf["threshold"], top_k=inf["top_k"], overlap=inf["overlap"],
-                          batch_size=inf["batch_size"], model_name=name, model_version=version)

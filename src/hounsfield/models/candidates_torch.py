@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hounsfield.models.candidates import CandidateSpec, hessian, scale_parameters
+from hounsfield.models.blobs import CandidateSpec, hessian, scale_parameters
 
 ScalePeaks = Callable[[np.ndarray, float, int, np.ndarray, np.ndarray, CandidateSpec],
                       tuple[np.ndarray, np.ndarray]]

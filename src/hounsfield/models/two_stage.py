@@ -46,17 +46,16 @@ def extract_patches(array: np.ndarray, centres_zyx: np.ndarray,
 
 def classify(net: torch.nn.Module, array: np.ndarray, centres_zyx: np.ndarray,
              patch: tuple[int, int, int], *, batch_size: int = 64,
-             precision: str = "fp32", flips: bool = False) -> np.ndarray:
+             flips: bool = False) -> np.ndarray:
     """Nodule probability of every candidate (batched patches through the classifier);
     ``flips``: the mean over the 8 mirror images of each patch (flips along z, y and x, as in
-    training) — test-time augmentation."""
-    from hounsfield.deploy.inference import autocast
-
+    training) — test-time augmentation.  Reduced precision: call it inside
+    :func:`hounsfield.infer.autocast`."""
     dev = next(net.parameters()).device
     dims = [tuple(a for a, bit in zip((2, 3, 4), (m & 1, m & 2, m & 4)) if bit)
             for m in range(8 if flips else 1)]
     probs = np.zeros(len(centres_zyx), dtype=np.float64)
-    with torch.inference_mode(), autocast(precision, dev):  # type: ignore[arg-type]
+    with torch.inference_mode():
         for i in range(0, len(centres_zyx), batch_size):
             x = torch.from_numpy(extract_patches(array, centres_zyx[i:i + batch_size], patch)).to(dev)
             probs[i:i + batch_size] = np.mean(
@@ -83,7 +82,8 @@ def cached_candidates(array: np.ndarray, spacing_xyz, spec: CandidateSpec, *, hu
     """:func:`find_candidates` (cached in ``cache_file``, npz, when given), then
     :func:`refine_centres`.  With a faint pass, the base pass is cached under its own spec's
     key (shared with models that lack the faint pass) and ``cache_file`` holds the faint
-    pass's additions.  ``device``: see :func:`find_candidates` (``candidate_device``)."""
+    pass's additions.  ``device``: see :func:`find_candidates`
+    (:func:`hounsfield.infer.candidate_device` chooses it)."""
     if spec.faint_clip_hu is None:
         return refine_centres(array, _cached_pass(array, spacing_xyz, spec, ("base",),
                                                   hu_min, hu_max, cache_file, device))
@@ -111,14 +111,6 @@ def _cached_pass(array, spacing_xyz, spec: CandidateSpec, passes: tuple[str, ...
     return c
 
 
-def candidate_device(device: torch.device | str | None = None) -> str | None:
-    """Where the blob filter runs: torch on a CUDA device (``device``, else the first GPU when
-    there is one), scipy (``None``) on CPUs, where it is the faster."""
-    if device is not None:
-        return str(device) if torch.device(device).type == "cuda" else None
-    return "cuda" if torch.cuda.is_available() else None
-
-
 def merge_detections(centres_zyx: np.ndarray, diam_mm: np.ndarray, probs: np.ndarray,
                      spacing_zyx: np.ndarray) -> np.ndarray:
     """Indices kept by greedy non-maximum suppression: a candidate within the radius of a
@@ -136,3 +128,11 @@ def merge_detections(centres_zyx: np.ndarray, diam_mm: np.ndarray, probs: np.nda
         krad[n] = max(diam_mm[i] / 2, 2.0)
         kept.append(int(i))
     return np.asarray(kept, dtype=int)
+
+
+def select_detections(centres_zyx: np.ndarray, diam_mm: np.ndarray, probs: np.ndarray,
+                      spacing_zyx: np.ndarray, *, threshold: float, top_k: int) -> np.ndarray:
+    """Indices of the findings: :func:`merge_detections`, then those at ``threshold`` or above,
+    the ``top_k`` most probable (inference and training's validation alike)."""
+    keep = merge_detections(centres_zyx, diam_mm, probs, spacing_zyx)
+    return keep[probs[keep] >= threshold][:top_k]

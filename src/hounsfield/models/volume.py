@@ -10,6 +10,11 @@ mapped to [0, 1] (saved with every model bundle, so inference prepares volumes a
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,7 +22,8 @@ from hounsfield.imaging import Volume
 from hounsfield.imaging import load_series as _imaging_load_series
 from hounsfield.imaging.plan import PreprocessingPlan
 
-__all__ = ["PreprocessPlan", "Volume", "load_series", "to_patient", "to_voxel"]
+__all__ = ["PreprocessPlan", "Volume", "load_series", "preprocessed_volume", "to_patient",
+           "to_voxel", "volume_key"]
 
 
 def to_patient(vol: Volume, zyx: np.ndarray) -> np.ndarray:
@@ -63,3 +69,33 @@ class PreprocessPlan(BaseModel):
         out = self.imaging_plan().apply(vol)
         out.series_instance_uid = vol.series_instance_uid
         return out
+
+
+def volume_key(row: Mapping, plan: PreprocessPlan) -> str:
+    """Cache key of a series' preprocessed volume: its content hash (a dataset row's
+    ``sha256``) and the plan."""
+    return hashlib.sha256(f"{row['sha256']}|{plan.key()}".encode()).hexdigest()[:24]
+
+
+def preprocessed_volume(archive, row: Mapping, plan: PreprocessPlan,  # noqa: ANN001
+                        cache_dir: Path | None) -> Volume:
+    """The series of a dataset row (``series_instance_uid``, ``sha256``) through ``plan``,
+    cached under ``cache_dir / plan.key() / volume_key(row, plan).npz`` when a folder is given
+    (written to a temporary file first, so a reader never sees half a file).  Training,
+    validation and evaluation share the cache."""
+    uid = row["series_instance_uid"]
+    f = None
+    if cache_dir is not None:
+        f = cache_dir / plan.key() / f"{volume_key(row, plan)}.npz"
+        if f.is_file():
+            z = np.load(f)
+            return Volume(z["array"], tuple(z["spacing"].tolist()), tuple(z["origin"].tolist()),
+                          z["direction"], modality="CT", series_instance_uid=uid)
+    vol = plan.apply(load_series(archive, uid))
+    if f is not None:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_name(f"{f.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, array=vol.array, spacing=np.array(vol.spacing), origin=np.array(vol.origin),
+                 direction=vol.direction)
+        tmp.replace(f)
+    return vol

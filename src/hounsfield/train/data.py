@@ -6,8 +6,6 @@ over N processes sees exactly the patches one process would (each rank takes eve
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +14,8 @@ import torch
 from torch.utils.data import Dataset
 
 from hounsfield.models.detector import heatmap_targets
-from hounsfield.models.volume import PreprocessPlan, Volume, load_series, to_voxel
+from hounsfield.models.volume import (PreprocessPlan, Volume, preprocessed_volume, to_voxel,
+                                      volume_key)
 
 
 @dataclass
@@ -43,7 +42,7 @@ def prepare_split(archive, ds, split: str, plan: PreprocessPlan, cache_dir: Path
         rows = rows[:limit]
     out = []
     for r in rows:
-        vol = _cached(archive, r, plan, cache_dir)
+        vol = preprocessed_volume(archive, r, plan, cache_dir)
         key = volume_key(r, plan)
         nods = ds.nodules([r["series_instance_uid"]])
         if nods:
@@ -55,30 +54,6 @@ def prepare_split(archive, ds, split: str, plan: PreprocessPlan, cache_dir: Path
         if on_item:
             on_item(r)
     return out
-
-
-def volume_key(row, plan: PreprocessPlan) -> str:
-    """Cache key of a series' preprocessed volume: its content hash and the plan."""
-    return hashlib.sha256(f"{row['sha256']}|{plan.key()}".encode()).hexdigest()[:24]
-
-
-def _cached(archive, row, plan: PreprocessPlan, cache_dir: Path | None) -> Volume:
-    uid = row["series_instance_uid"]
-    if cache_dir is not None:
-        key = volume_key(row, plan)
-        f = cache_dir / plan.key() / f"{key}.npz"
-        if f.is_file():
-            z = np.load(f)
-            return Volume(z["array"], tuple(z["spacing"].tolist()), tuple(z["origin"].tolist()),
-                          z["direction"], modality="CT", series_instance_uid=uid)
-    vol = plan.apply(load_series(archive, uid))
-    if cache_dir is not None:
-        f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_name(f"{f.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, array=vol.array, spacing=np.array(vol.spacing), origin=np.array(vol.origin),
-                 direction=vol.direction)
-        tmp.replace(f)
-    return vol
 
 
 class PatchDataset(Dataset):

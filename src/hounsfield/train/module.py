@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from hounsfield.deploy.inference import sliding_window
 from hounsfield.evaluate.froc import CPM_FP_RATES, Detection, Nodule, cpm, curve_of, match, sensitivity_at
+from hounsfield.infer.window import sliding_window
 from hounsfield.models.detector import build_network, decode, detection_loss
 from hounsfield.train.data import PatchDataset, PreparedVolume
 from hounsfield.train.recipe import Recipe

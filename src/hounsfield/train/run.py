@@ -72,12 +72,16 @@ def train(archive, settings, recipe_name: str, dataset_ref: str, *, model_name: 
           base: str | None = None, preset: str | None = None,
           overrides: dict[str, Any] | None = None, resume: str | None = None,
           run_dir: Path | None = None, register: bool = True, evaluate: bool = True,
-          bootstrap: int = 1000, accelerator: str = "auto", devices: int | str = "auto",
+          bootstrap: int = 1000, device: str = "auto", devices: int | str | list[int] = "auto",
           progress_bar: bool = True, log=print) -> TrainResult:
+    """``device``: ``cpu``, ``cuda`` (``cuda:N``) or ``auto`` — Lightning's accelerator, where
+    the two-stage blob filter runs, and where the evaluation afterwards runs; ``devices``:
+    Lightning's device count (under torchrun: the world size)."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     from hounsfield.datasets.manifest import check_manifest, open_dataset
+    from hounsfield.infer.device import resolve_device
     from hounsfield.models.bundle import load_network, write_bundle
     from hounsfield.registry.mlflow_registry import ModelRegistry
     from hounsfield.train.data import prepare_split
@@ -85,6 +89,7 @@ def train(archive, settings, recipe_name: str, dataset_ref: str, *, model_name: 
     from hounsfield.train.recipe import load_recipe
 
     t_start = time.perf_counter()
+    dev = resolve_device(device)  # a bad --device fails before any work
     recipe = load_recipe(recipe_name, preset=preset, overrides=overrides)
     ds = open_dataset(settings, dataset_ref)
     ok, why = check_manifest(ds.manifest)
@@ -122,7 +127,8 @@ def train(archive, settings, recipe_name: str, dataset_ref: str, *, model_name: 
         from hounsfield.train.two_stage import CandidateClassifierModule
 
         log(f"stage-1 candidates for {len(tr)} + {len(va)} volumes")
-        module = CandidateClassifierModule(recipe, tr, va, lr=lr, cache_dir=cache)
+        module = CandidateClassifierModule(recipe, tr, va, lr=lr, cache_dir=cache,
+                                           device=str(dev))
     else:
         module = NoduleDetectionModule(recipe, tr, va, lr=lr)
     if base_net is not None:
@@ -137,8 +143,10 @@ def train(archive, settings, recipe_name: str, dataset_ref: str, *, model_name: 
                   "code_version": code_version(), **_flat(recipe.model_dump(mode="json"))}
         run_id = reg.start_run(f"{name} {stamp}", params)
         logger = MLFlowLogger(tracking_uri=reg.uri, run_id=run_id)
-    accel = accelerator if accelerator != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
+    accel = "gpu" if dev.type == "cuda" else "cpu"
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 and dev.index is not None:
+        devices = [dev.index]  # --device cuda:N: that GPU
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor="val_cpm", mode="max",
                            save_last=True, save_top_k=1, filename="best-{epoch}")
     recorder = LossRecorder(run_dir / "loss.json")
@@ -183,18 +191,18 @@ def train(archive, settings, recipe_name: str, dataset_ref: str, *, model_name: 
                       description=f"{recipe.name} trained on {ds.ref}")
     result.model = mv.ref
     _evaluate_all(archive, settings, reg, mv, ds, test_splits, recipe, run_dir, result,
-                  bootstrap, base_mv, log)
+                  bootstrap, base_mv, log, dev)
     reg.client.set_terminated(run_id)
     return result
 
 
 def _evaluate_all(archive, settings, reg, mv, ds, splits, recipe, run_dir, result, bootstrap,
-                  base_mv, log) -> None:
-    from hounsfield.deploy.evaluation import evaluate_runner
+                  base_mv, log, device) -> None:
     from hounsfield.evaluate.report import render_comparison_html
-    from hounsfield.models.bundle import load_runner
+    from hounsfield.evaluate.runner_eval import evaluate_runner
+    from hounsfield.infer.loader import load_runner
 
-    runner = load_runner(reg.bundle_path(mv), name=mv.name, version=mv.version)
+    runner = load_runner(reg.bundle_path(mv), name=mv.name, version=mv.version, device=device)
     for split in splits:
         if not ds.series(split):
             continue
@@ -208,7 +216,7 @@ def _evaluate_all(archive, settings, reg, mv, ds, splits, recipe, run_dir, resul
         result.report_paths[split] = hp
         if base_mv is not None:
             base_runner = load_runner(reg.bundle_path(base_mv), name=base_mv.name,
-                                      version=base_mv.version)
+                                      version=base_mv.version, device=device)
             bout = run_dir / "evaluation" / f"{label}-base"
             brep, _bj, _bh = evaluate_runner(archive, settings, base_runner, ds, split, bout,
                                              targets=recipe.targets, bootstrap=bootstrap)

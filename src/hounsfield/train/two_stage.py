@@ -18,18 +18,21 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hounsfield.evaluate.froc import Detection, Nodule, cpm, curve_of, match, sensitivity_at
+from hounsfield.infer.device import candidate_device
+from hounsfield.infer.precision import autocast
 from hounsfield.models.candidates import Candidates
 from hounsfield.models.detector import build_network
-from hounsfield.models.two_stage import (cached_candidates, candidate_device, classify,
-                                         extract_patch, merge_detections, spec_key)
+from hounsfield.models.two_stage import (cached_candidates, classify, extract_patch,
+                                         select_detections, spec_key)
 from hounsfield.train.data import PreparedVolume
 from hounsfield.train.module import FiniteGradients, epoch_loader
 from hounsfield.train.recipe import Augment, Recipe
 
 
 def volume_candidates(volumes: list[PreparedVolume], recipe: Recipe,
-                      cache_dir: Path | None) -> list[Candidates]:
-    """Stage-1 candidates of prepared volumes (cached next to the preprocessed volumes)."""
+                      cache_dir: Path | None, device: str | None = None) -> list[Candidates]:
+    """Stage-1 candidates of prepared volumes (cached next to the preprocessed volumes);
+    ``device``: the training device (the blob filter runs there when it is a GPU)."""
     out = []
     for pv in volumes:
         f = None
@@ -37,7 +40,7 @@ def volume_candidates(volumes: list[PreparedVolume], recipe: Recipe,
             f = cache_dir / f"cand-{spec_key(recipe.candidates)}" / f"{pv.cache_key}.npz"
         out.append(cached_candidates(pv.volume.array, pv.volume.spacing, recipe.candidates,
                                      hu_min=recipe.plan.hu_min, hu_max=recipe.plan.hu_max,
-                                     cache_file=f, device=candidate_device()))
+                                     cache_file=f, device=candidate_device(device)))
     return out
 
 
@@ -157,11 +160,12 @@ def detect(net, pv: PreparedVolume, cands: Candidates, recipe: Recipe,
     """Two-stage detections of one prepared volume: (zyx, diameter_mm, probability)."""
     if not len(cands):
         return np.zeros((0, 3)), np.zeros(0), np.zeros(0)
-    probs = classify(net, pv.volume.array, cands.zyx, recipe.patch,
-                     batch_size=recipe.inference.batch_size, precision=precision)
-    keep = merge_detections(cands.zyx, cands.diameter_mm, probs,
-                            np.asarray(pv.volume.spacing[::-1]))
-    keep = keep[probs[keep] >= recipe.inference.threshold][:recipe.inference.top_k]
+    with autocast(precision, next(net.parameters()).device):  # type: ignore[arg-type]
+        probs = classify(net, pv.volume.array, cands.zyx, recipe.patch,
+                         batch_size=recipe.inference.batch_size)
+    keep = select_detections(cands.zyx, cands.diameter_mm, probs,
+                             np.asarray(pv.volume.spacing[::-1]),
+                             threshold=recipe.inference.threshold, top_k=recipe.inference.top_k)
     return cands.zyx[keep], cands.diameter_mm[keep], probs[keep]
 
 
@@ -170,14 +174,14 @@ class CandidateClassifierModule(FiniteGradients, L.LightningModule):
 
     def __init__(self, recipe: Recipe, train_volumes: list[PreparedVolume],
                  val_volumes: list[PreparedVolume], *, lr: float | None = None,
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, device: str | None = None) -> None:
         super().__init__()
         self.recipe = recipe
         self.net = build_network(recipe.network)
         self.train_volumes = train_volumes
         self.val_volumes = val_volumes
-        self.train_cands = volume_candidates(train_volumes, recipe, cache_dir)
-        self.val_cands = volume_candidates(val_volumes, recipe, cache_dir)
+        self.train_cands = volume_candidates(train_volumes, recipe, cache_dir, device)
+        self.val_cands = volume_candidates(val_volumes, recipe, cache_dir, device)
         self.lr = lr or recipe.optimizer.lr
         self._val_dets: list[Detection] = []
         self._hard = np.zeros(0, dtype=np.int64)

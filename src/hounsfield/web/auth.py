@@ -12,9 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from enum import StrEnum
 from typing import Protocol
 
 from argon2 import PasswordHasher
@@ -23,6 +21,8 @@ from sqlalchemy import delete, select
 from starlette.requests import HTTPConnection
 
 from hounsfield.archive.archive import Archive
+from hounsfield.audit.principal import (  # noqa: F401 - auth.Role etc. stay importable
+    ROLE_PERMISSIONS, Permission, Principal, Role)
 from hounsfield.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 from hounsfield.web.models import ApiToken, LoginSession, User
 
@@ -32,46 +32,6 @@ _USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _HASHER = PasswordHasher()  # argon2id, library defaults (RFC 9106 low-memory profile)
 # a hash to verify against when the user does not exist, so timing does not reveal names
 _DUMMY_HASH = _HASHER.hash(secrets.token_hex(16))
-
-
-class Role(StrEnum):
-    ADMIN = "admin"
-    RADIOLOGIST = "radiologist"
-    ANNOTATOR = "annotator"
-    DATA_SCIENTIST = "data-scientist"
-    SERVICE = "service"
-
-
-class Permission(StrEnum):
-    READ = "studies:read"  # QIDO, WADO, console study pages, OHIF
-    WRITE = "studies:write"  # STOW (results, annotations, imports)
-    EXPORT = "studies:export"
-    AUDIT = "audit:read"
-    USERS = "users:manage"
-    AI_RUN = "ai:run"  # ask for AI on a study, retry / cancel AI jobs
-
-
-ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
-    Role.ADMIN: frozenset(Permission),
-    Role.RADIOLOGIST: frozenset({Permission.READ, Permission.WRITE, Permission.EXPORT,
-                                 Permission.AI_RUN}),
-    Role.ANNOTATOR: frozenset({Permission.READ, Permission.WRITE}),
-    Role.DATA_SCIENTIST: frozenset({Permission.READ, Permission.EXPORT}),
-    Role.SERVICE: frozenset({Permission.READ, Permission.WRITE, Permission.AI_RUN}),
-}
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the user, their role, and how they proved it (``session``/``token``)."""
-
-    user_id: int
-    username: str
-    role: Role
-    method: str
-
-    def can(self, permission: Permission) -> bool:
-        return permission in ROLE_PERMISSIONS[self.role]
 
 
 def validate_username(name: str) -> tuple[bool, str]:

@@ -1,14 +1,16 @@
-"""Alembic environment: uses the connection handed in by hounsfield.archive.migrate."""
+"""Alembic environment: uses the connection handed in by hounsfield.archive.migrate.
+
+The version scripts are explicit, so upgrading needs no table classes.  Autogenerate compares
+against ``config.attributes["target_metadata"]``, which :func:`hounsfield.schema.autogenerate`
+hands in with every table module imported (the archive layer imports nothing above it); without
+it, autogenerate stops rather than propose dropping the tables it was not shown.
+"""
 
 from alembic import context
 from sqlalchemy import create_engine
 
-from hounsfield.archive.models import Base
-
-import hounsfield.archive.schema  # noqa: F401  (registers every table on Base.metadata)
-
-target_metadata = Base.metadata
 config = context.config
+target_metadata = config.attributes.get("target_metadata")
 
 
 def run() -> None:
