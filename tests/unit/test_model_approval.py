@@ -13,7 +13,7 @@ from hounsfield.dicom.uids import validate_uid
 from hounsfield.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from hounsfield.evaluate.study import AcceptanceTargets
 from hounsfield.registry import approval
-from hounsfield.registry.approval import Approver, PromotionRefused
+from hounsfield.registry.approval import Approver, PromotionRefused, resolve_for_routing
 from hounsfield.registry.mlflow_registry import DEVICE_UID_TAG, ModelRegistry
 from tests.model_helpers import attach, register_version
 
@@ -119,22 +119,22 @@ def test_rollback_demote_history_and_routing(env) -> None:  # noqa: ANN001
         attach(reg, mv, tmp, good=True)
     approval.promote(reg, archive, "flow@1", approver=ADMIN, reason="initial")
     approval.promote(reg, archive, "flow@2", approver=ADMIN, reason="retrained")
-    assert reg.resolve_for_routing("flow@production").device_uid == v2.device_uid
+    assert resolve_for_routing(reg, "flow@production").device_uid == v2.device_uid
     for bad in ("flow", "flow@latest", "flow@2"):
         with pytest.raises(InvalidInput, match="routing rules name an alias such as "
                                                "flow@production, not"):
-            reg.resolve_for_routing(bad)
+            resolve_for_routing(reg, bad)
     assert reg.resolve("flow").version == "2"  # research commands keep plain NAME
 
     back = approval.rollback(reg, archive, "flow", approver=ADMIN, reason="v2 misses nodules")
     assert (back.from_version, back.to_version) == ("2", "1")
-    assert reg.resolve_for_routing("flow@production").version == "1"
+    assert resolve_for_routing(reg, "flow@production").version == "1"
     with pytest.raises(NotFound, match="no earlier version to roll back to"):
         approval.rollback(reg, archive, "flow", approver=ADMIN, reason="again")
 
     approval.demote(reg, archive, "flow", approver=ADMIN, reason="recall")
     with pytest.raises(NotFound, match="no alias 'production'"):
-        reg.resolve_for_routing("flow@production")
+        resolve_for_routing(reg, "flow@production")
     with pytest.raises(NotFound, match="no alias 'production' to demote"):
         approval.demote(reg, archive, "flow", approver=ADMIN, reason="recall")
     approval.rollback(reg, archive, "flow", approver=ADMIN, reason="undo the recall")
@@ -152,7 +152,7 @@ def test_rollback_demote_history_and_routing(env) -> None:  # noqa: ANN001
     reg.client.set_registered_model_alias("flow", "staging", "2")
     assert reg.resolve("flow@staging").version == "2"
     with pytest.raises(NotFound, match="not promoted through Hounsfield"):
-        reg.resolve_for_routing("flow@staging")
+        resolve_for_routing(reg, "flow@staging")
     with pytest.raises(InvalidInput, match="reserved"):
         reg.resolve("flow@v2")
 

@@ -65,11 +65,10 @@ def _config(settings) -> dict:  # noqa: ANN001
 
 def launch_worker(archive) -> None:  # noqa: ANN001
     """Make this process a worker: launch DBOS (recovering this executor's unfinished
-    workflows) and listen on the AI and export queues."""
+    workflows) and listen on the AI and export queues.  The workflows must be registered
+    first: import :mod:`hounsfield.deploy.pipeline` (the worker component does)."""
     global _worker, _archive
     from dbos import DBOS
-
-    from hounsfield.deploy import pipeline  # noqa: F401  (registers the workflows)
 
     with _lock:
         if _worker is not None:

@@ -150,7 +150,9 @@ def _resolve_model(settings, ref: str):  # noqa: ANN001, ANN202
     from hounsfield.registry.mlflow_registry import ModelRegistry
 
     reg = ModelRegistry(settings)
-    return reg.resolve_for_routing(ref)
+    from hounsfield.registry.approval import resolve_for_routing
+
+    return resolve_for_routing(reg, ref)
 
 
 def _series_content(archive, series_uid: str) -> list[tuple[str, str]]:  # noqa: ANN001

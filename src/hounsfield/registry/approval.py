@@ -367,3 +367,23 @@ def rollback(reg: ModelRegistry, archive: Archive, name: str, *, approver: Appro
 def _require_model(reg: ModelRegistry, name: str) -> None:
     if not reg.versions(name):
         raise NotFound(f"no registered model named {name!r}")
+
+
+def resolve_for_routing(reg: ModelRegistry, ref: str) -> ModelVersionInfo:
+    """The version a routing rule's ``NAME@ALIAS`` names, for clinical use.
+
+    Refuses plain ``NAME`` ("latest"), ``NAME@latest`` and fixed ``NAME@VERSION`` refs
+    (:class:`InvalidInput`), and an alias that was not set through an audited promotion
+    (one set by hand in MLflow's UI) (:class:`NotFound`)."""
+    name, sep, alias = ref.partition("@")
+    if not name or not sep or alias in ("", "latest") or alias.isdigit():
+        raise InvalidInput(f"routing rules name an alias such as {name or 'nodules'}"
+                           f"@{PRODUCTION}, not {ref!r}: a rule never follows the latest "
+                           "or a fixed version, only what an admin promoted")
+    mv = reg.resolve(ref)
+    approved = current_holder(reg, name, alias)
+    if approved != mv.version:
+        raise NotFound(f"{ref} points at version {mv.version}, which was not promoted "
+                       f"through Hounsfield (its promotion history says "
+                       f"{approved or 'nothing'}); promote it with `hounsfield models promote`")
+    return mv

@@ -15,7 +15,7 @@ racing to assign it agree).
 
 References: ``NAME`` (latest version: research commands only), ``NAME@VERSION`` and
 ``NAME@ALIAS`` (an MLflow registered-model alias such as ``nodules@production``, set only by
-:mod:`hounsfield.registry.approval`).  Routing uses :meth:`ModelRegistry.resolve_for_routing`,
+:mod:`hounsfield.registry.approval`).  Routing uses :func:`hounsfield.registry.approval.resolve_for_routing`,
 which accepts approved aliases only.
 """
 
@@ -153,7 +153,7 @@ class ModelRegistry:
         """``NAME`` (latest version), ``NAME@VERSION`` or ``NAME@ALIAS`` (e.g. ``@production``).
 
         Plain ``NAME`` is for research commands; clinical routing calls
-        :meth:`resolve_for_routing`, which refuses it."""
+        :func:`~hounsfield.registry.approval.resolve_for_routing`, which refuses it."""
         name, _, ver = ref.partition("@")
         if not name:
             raise InvalidInput("model reference is NAME, NAME@VERSION or NAME@ALIAS")
@@ -178,27 +178,6 @@ class ModelRegistry:
                 return v
         raise NotFound(f"model {name!r} has no version {ver!r} "
                        f"(has {', '.join(v.version for v in versions)})")
-
-    def resolve_for_routing(self, ref: str) -> ModelVersionInfo:
-        """The version a routing rule's ``NAME@ALIAS`` names, for clinical use.
-
-        Refuses plain ``NAME`` ("latest"), ``NAME@latest`` and fixed ``NAME@VERSION`` refs
-        (:class:`InvalidInput`), and an alias that was not set through an audited promotion
-        (one set by hand in MLflow's UI) (:class:`NotFound`)."""
-        from hounsfield.registry.approval import current_holder
-
-        name, sep, alias = ref.partition("@")
-        if not name or not sep or alias in ("", "latest") or alias.isdigit():
-            raise InvalidInput(f"routing rules name an alias such as {name or 'nodules'}"
-                               f"@{PRODUCTION}, not {ref!r}: a rule never follows the latest "
-                               "or a fixed version, only what an admin promoted")
-        mv = self.resolve(ref)
-        approved = current_holder(self, name, alias)
-        if approved != mv.version:
-            raise NotFound(f"{ref} points at version {mv.version}, which was not promoted "
-                           f"through Hounsfield (its promotion history says "
-                           f"{approved or 'nothing'}); promote it with `hounsfield models promote`")
-        return mv
 
     def versions(self, name: str | None = None) -> list[ModelVersionInfo]:
         filt = f"name='{name}'" if name else ""

@@ -12,7 +12,6 @@ from typing import Annotated
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
-from fastapi.templating import Jinja2Templates
 from starlette.responses import FileResponse, RedirectResponse, Response
 
 from hounsfield.archive import query as q
@@ -22,10 +21,9 @@ from hounsfield.errors import InvalidInput, NotFound, Unauthenticated
 from hounsfield.web import auth
 from hounsfield.web.api import login_and_audit, set_session_cookie
 from hounsfield.web.deps import ArchiveDep, Auditor, MaybeUser, Reader, client_address
+from hounsfield.web.pages import page, templates  # noqa: F401  (templates: app's error pages)
 from hounsfield.web.viewer import default_viewer_dir
 
-HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=str(HERE / "templates"))
 router = APIRouter(include_in_schema=False)
 
 STUDY_FILTERS = {"patient_name": "PatientName", "patient_id": "PatientID",
@@ -39,9 +37,7 @@ def _safe_next(value: str | None) -> str:
     return "/studies"
 
 
-def _page(request: Request, name: str, status: int = 200, **context: object) -> Response:
-    context.setdefault("user", getattr(request.state, "principal", None))
-    return templates.TemplateResponse(request, name, context, status_code=status)
+_page = page
 
 
 @router.get("/")

@@ -66,7 +66,7 @@ def route_explain(study_uid: str, archive: ArchiveDep, user: Reader) -> dict[str
 
 # -- console ----------------------------------------------------------------------------------
 def _page(request: Request, name: str, **context: object) -> Response:
-    from hounsfield.web.console import _page as page
+    from hounsfield.web.pages import page
 
     return page(request, name, **context)
 

@@ -140,7 +140,7 @@ def list_models(reg: RegistryDep, user: Reader) -> list[ModelPublic]:
 def resolve(reg: RegistryDep, user: Reader,
             ref: Annotated[str, Query(min_length=1, max_length=256)],
             routing: bool = True) -> VersionPublic:
-    mv = reg.resolve_for_routing(ref) if routing else reg.resolve(ref)
+    mv = approval.resolve_for_routing(reg, ref) if routing else reg.resolve(ref)
     return version_public(reg, mv)
 
 
