@@ -34,7 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.dimse_peers import PEER_ENV, Orthanc  # noqa: E402
-from tests.helpers import free_port  # noqa: E402
 from tests.pipeline_helpers import (Platform, open_archive, platform_config,  # noqa: E402
                                     wait_jobs)
 

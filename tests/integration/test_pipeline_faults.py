@@ -17,7 +17,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.dimse_peers import PEER_ENV, Orthanc, have, wait_until
+from tests.dimse_peers import PEER_ENV, Orthanc, have
 from tests.helpers import free_port, wait_port
 from tests.pipeline_helpers import (Platform, demo_ct, jobs_of, open_archive, platform_config,
                                     wait_jobs)

@@ -25,6 +25,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 from dbos import DBOS, SetWorkflowID
 
 from hounsfield.archive.models import utcnow
@@ -146,12 +147,19 @@ def _decide(archive, trigger: Trigger) -> Fired:  # noqa: ANN001
     return Fired("job", study, rule, job.id, lines)
 
 
+_registries: dict[str, Any] = {}
+
+
 def _resolve_model(settings, ref: str):  # noqa: ANN001, ANN202
-    from hounsfield.registry.mlflow_registry import ModelRegistry
-
-    reg = ModelRegistry(settings)
+    """The version an alias names now (the registry client is kept per tracking store: opening
+    one costs a schema check)."""
     from hounsfield.registry.approval import resolve_for_routing
+    from hounsfield.registry.mlflow_registry import ModelRegistry, tracking_uri
 
+    uri = tracking_uri(settings)
+    reg = _registries.get(uri)
+    if reg is None:
+        reg = _registries[uri] = ModelRegistry(settings)
     return resolve_for_routing(reg, ref)
 
 

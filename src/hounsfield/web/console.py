@@ -7,7 +7,6 @@ audited like the DICOMweb requests they stand for (QIDO for the list, VIEW for a
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlencode
 
