@@ -130,9 +130,28 @@ def client(settings):  # noqa: ANN001, ANN201
         if _client is None or _client_url != url:
             if _client is not None:
                 _client.destroy()
+            _migrate(url)
             _client = DBOSClient(system_database_url=url, application_name=APP_NAME)
             _client_url = url
         return _client
+
+
+_migrated: set[str] = set()
+
+
+def _migrate(url: str) -> None:
+    """Create or upgrade the engine's tables (a process that only enqueues — the API, the
+    DICOM node, the CLI — may be the first to touch a new data directory)."""
+    from dbos import DBOS
+
+    if url in _migrated:
+        return
+    try:
+        DBOS.migrate(url)
+    except Exception as exc:  # noqa: BLE001 - DBOS raises its own and driver errors
+        raise ConfigurationError(f"the job engine's database {url} cannot be prepared: "
+                                 f"{exc}") from exc
+    _migrated.add(url)
 
 
 def enqueue(settings, workflow: str, queue: str, workflow_id: str, *args: Any,  # noqa: ANN001

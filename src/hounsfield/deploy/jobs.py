@@ -156,6 +156,10 @@ def retry_job(archive, job_id: str, *, actor: str) -> AiJob:  # noqa: ANN001
     if job.state in ACTIVE_STATES or job.state in ("done", "superseded"):
         raise Conflict(f"job {job_id} is {job.state}; only failed, dead or cancelled jobs can "
                        "be retried")
+    if engine.status(archive.settings, job.workflow_id) is None:
+        raise Conflict(f"job {job_id} failed while it was routed ({job.error}), before the "
+                       "engine ran it: fix the cause and run AI on the study again "
+                       f"(hounsfield run-ai {job.study_instance_uid})")
     wf = engine.requeue(archive.settings, job.workflow_id)
     job = update_job(archive, job_id, state="queued", workflow_id=wf, error="",
                      log_line=f"re-queued by {actor} (workflow {wf})")
