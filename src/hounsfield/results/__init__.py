@@ -155,6 +155,10 @@ def build_results(series_datasets: Sequence[Dataset], volume: Volume, findings: 
             rs.objects.append(ResultObject("SC", ds))
             key_images[int(ds.InstanceNumber)] = str(ds.SOPInstanceUID)
     rs.findings = [_finding_result(src, f, key_images.get(f.number)) for f in measured]
+    for obj in rs.objects:
+        # our texts ("AI nodules SEG — ...", "AI-generated — not reviewed") and the patient's
+        # names in any source character set are written as UTF-8
+        obj.dataset.SpecificCharacterSet = "ISO_IR 192"
     return rs
 
 
