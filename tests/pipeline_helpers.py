@@ -143,11 +143,12 @@ def platform_config(tmp: Path, *, destinations: dict[str, dict] | None = None,
     return cfg
 
 
-def open_archive(config: Path):  # noqa: ANN201
+def open_archive(config: Path, *, upgrade: bool = False):  # noqa: ANN201
+    """The platform's archive (already migrated by the server: no schema check per poll)."""
     from hounsfield.archive import Archive
     from hounsfield.config import load_settings
 
-    return Archive.open(load_settings(config))
+    return Archive.open(load_settings(config), upgrade=upgrade)
 
 
 def jobs_of(config: Path, study_uid: str | None = None) -> list[dict]:
@@ -160,14 +161,15 @@ def jobs_of(config: Path, study_uid: str | None = None) -> list[dict]:
         archive.close()
 
 
-def wait_jobs(config: Path, pred, timeout: float = 240.0) -> list[dict]:  # noqa: ANN001
+def wait_jobs(config: Path, pred, timeout: float = 240.0,  # noqa: ANN001
+              interval: float = 0.5) -> list[dict]:
     deadline = time.monotonic() + timeout
     jobs: list[dict] = []
     while time.monotonic() < deadline:
         jobs = jobs_of(config)
         if pred(jobs):
             return jobs
-        time.sleep(0.5)
+        time.sleep(interval)
     raise AssertionError(f"jobs never reached the expected state: {json.dumps(jobs, indent=1)[:4000]}")
 
 

@@ -11,6 +11,7 @@ job ran; many studies at once.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -115,14 +116,16 @@ def test_worker_killed_mid_job_resumes_and_delivers_once(tmp_path):
     try:
         files, _case = demo_ct(tmp_path / "ct", seed=5)
         storescu(node.dicom_port, files)
-        wait_jobs(cfg, lambda js: js and js[0]["state"] == "running", timeout=120)
+        wait_jobs(cfg, lambda js: js and any("inference attempt 1" in x for x in js[0]["log"]),
+                  timeout=120, interval=0.05)
         worker.kill9()
         assert jobs_of(cfg)[0]["state"] == "running"
         worker = Platform(cfg, role="worker", log=tmp_path / "worker2.log").start()
         jobs = wait_jobs(cfg, lambda js: js[0]["state"] in ("done", "dead", "failed"))
         job = jobs[0]
         assert job["state"] == "done", (job, worker.text()[-3000:])
-        assert job["attempts"] == 2, job["log"]
+        assert job["attempts"] == 2, job["log"]  # the inference step ran again
+        assert any("inference attempt 2" in x for x in job["log"])
         received = pacs.received()
         assert sorted(received) == sorted(_results(job))  # once each
     finally:
@@ -172,6 +175,33 @@ def test_same_study_twice_and_new_instances(tmp_path):
     finally:
         platform.stop()
         pacs.stop()
+
+
+def copies_of_ct(tmp: Path, n: int) -> list[list[Path]]:
+    """``n`` different studies (new patient, study, series and SOP UIDs) of one small
+    synthetic chest CT (48 x 128 x 128)."""
+    from pydicom.uid import generate_uid
+
+    from hounsfield.synth import generate_ct
+
+    ct = generate_ct("jingdong", 77, shape=(48, 128, 128), nodules=2, detail=0.5)
+    out = []
+    for k in range(n):
+        folder = tmp / f"study{k:02d}"
+        folder.mkdir(parents=True)
+        study, series, frame = generate_uid(), generate_uid(), generate_uid()
+        files = []
+        for i, src in enumerate(ct.datasets):
+            ds = src.copy()
+            ds.PatientID, ds.PatientName = f"MANY{k:02d}", f"MANY^{k:02d}"
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+            ds.FrameOfReferenceUID = frame
+            ds.SOPInstanceUID = generate_uid()
+            p = folder / f"{i:03d}.dcm"
+            ds.save_as(p, enforce_file_format=True)
+            files.append(p)
+        out.append(files)
+    return out
 
 
 def _thick_reformat(case, folder: Path) -> list[Path]:  # noqa: ANN001
@@ -255,6 +285,16 @@ def test_no_rule_broken_series_and_broken_model(tmp_path):
             bad = [j for j in jobs if "cannot be loaded" in j["error"]]
             assert all(j["state"] == "failed" for j in bad)
         assert pacs.received() == []
+        # the operator restores the file and re-queues the last job: it runs and delivers
+        weights.write_bytes(saved)
+        r = subprocess.run([sys.executable, "-m", "hounsfield.cli", "--config", str(cfg),
+                            "jobs", "retry", bad[0]["id"]], env=platform.env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        jobs = wait_jobs(cfg, lambda js: any(j["id"] == bad[0]["id"] and j["state"] == "done"
+                                             for j in js))
+        done = next(j for j in jobs if j["id"] == bad[0]["id"])
+        assert sorted(pacs.received()) == sorted(_results(done))
     finally:
         weights.write_bytes(saved)
         platform.stop()
@@ -267,12 +307,7 @@ def test_fifty_studies_at_once(tmp_path):
     cfg = platform_config(tmp_path / "hf", destinations={"pacs": _dest(pacs.port)})
     platform = Platform(cfg).start()
     try:
-        from tests.dimse_peers import make_ct_series
-
-        batches = []
-        for k in range(50):
-            batches.append(make_ct_series(tmp_path / f"s{k}", 24, size=96,
-                                          patient_id=f"MANY{k:02d}"))
+        batches = copies_of_ct(tmp_path, 50)
         procs = []
         for g in range(5):
             files = [f for b in batches[g::5] for f in b]

@@ -211,10 +211,9 @@ def _start(job_id: str) -> dict:
     archive = engine.worker_archive()
     job = get_job(archive, job_id)
     wait = (utcnow() - _aware(job.created_at)).total_seconds()
-    job = update_job(archive, job_id, state="running", attempts=job.attempts + 1,
+    job = update_job(archive, job_id, state="running",
                      timings={**job.timings, "queue_wait_s": round(wait, 3)},
-                     log_line=f"running on worker {archive.settings.jobs.executor_id} "
-                              f"(attempt {job.attempts + 1})")
+                     log_line=f"dequeued by worker {archive.settings.jobs.executor_id}")
     return {"destinations": list(job.destinations), "profile": job.profile}
 
 
@@ -230,6 +229,10 @@ def _run(job_id: str) -> dict:
     """Load, infer, build and store; a permanent problem returns ``{"error": reason}``."""
     archive = engine.worker_archive()
     job = get_job(archive, job_id)
+    # counted here, not in the start step: DBOS re-runs an unfinished step after a crash
+    job = update_job(archive, job_id, state="running", attempts=job.attempts + 1,
+                     log_line=f"inference attempt {job.attempts + 1} on worker "
+                              f"{archive.settings.jobs.executor_id}")
     try:
         return run_job(archive, job)
     except HounsfieldError as exc:
