@@ -28,6 +28,12 @@ from hounsfield.results.uids import derive_uid
 SERIES_NUMBER = 9001
 
 
+#: RGB display colours of segments 1, 2, ... (red first: the colour radiologists expect for
+#: an AI finding; then distinct hues)
+SEGMENT_COLOURS = [(230, 25, 40), (255, 140, 0), (255, 225, 25), (60, 180, 75), (0, 130, 200),
+                   (145, 30, 180), (240, 50, 230), (70, 240, 240)]
+
+
 def segment_description(f: MeasuredFinding) -> str:
     """Segment Description (LO, 64 chars): the outline's origin in words."""
     if f.region.ok:
@@ -67,6 +73,9 @@ def build_seg(src: SourceSeries, findings: list[MeasuredFinding], model: AIModel
             tracking_uid=f.tracking_uid,
             tracking_id=f.label,
             anatomic_regions=[codes.SITE],
+            # a display colour per segment (viewers otherwise warn and pick their own)
+            display_color=hd.color.CIELabColor.from_rgb(
+                *SEGMENT_COLOURS[(f.number - 1) % len(SEGMENT_COLOURS)]),
         )
         d.SegmentDescription = segment_description(f)
         descriptions.append(d)
