@@ -188,6 +188,11 @@ class Orthanc:
         return self
 
     def rest(self, path: str, body: object | None = None) -> object:
+        raw = self.rest_bytes(path, body)
+        return json.loads(raw) if raw else None
+
+    def rest_bytes(self, path: str, body: object | None = None) -> bytes:
+        """The raw body of a REST call (``/instances/{id}/file``: the DICOM file)."""
         data = None if body is None else (body if isinstance(body, bytes)
                                           else json.dumps(body).encode())
         req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data,
@@ -199,8 +204,7 @@ class Orthanc:
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
             req.add_header("Authorization", f"Basic {token}")
         with urllib.request.urlopen(req, timeout=120) as r:
-            raw = r.read()
-        return json.loads(raw) if raw else None
+            return r.read()
 
     def upload(self, files: list[Path]) -> None:
         for f in files:
