@@ -1,7 +1,12 @@
-"""Demo data: the real sample DICOM that ships offline (pydicom's test files, pydicom-data).
+"""Demo data and the demo model.
 
-Used by ``hounsfield demo`` (the README's first command) to fill an archive a new user can look
-at straight away.  Nothing is downloaded: the files come from installed packages.
+* :func:`sample_dicom_roots`: the real sample DICOM that ships offline (pydicom's test files,
+  pydicom-data), used by ``hounsfield demo`` (the README's first command) to fill an archive a
+  new user can look at straight away.  Nothing is downloaded: the files come from installed
+  packages.
+* :func:`install_demo_model`: the small two-stage nodule model shipped in ``demo/model/``
+  (synthetic training data only), registered with its evaluation reports
+  (:mod:`hounsfield.demo.install`).
 """
 
 from __future__ import annotations
@@ -9,6 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pydicom
+
+from hounsfield.demo.install import DEMO_MODEL_DIR, DEMO_MODEL_NAME, install_demo_model
+
+__all__ = ["DEMO_MODEL_DIR", "DEMO_MODEL_NAME", "install_demo_model", "sample_dicom_roots"]
 
 
 def sample_dicom_roots() -> list[Path]:
