@@ -68,8 +68,10 @@ def install_model(config: Path) -> str:
         mv = install_demo_model(settings)
         reg = ModelRegistry(settings)
         if "production" not in mv.aliases:
+            from hounsfield.demo.clinical import DEMO_APPROVAL, DEMO_REPORT
+
             promote(reg, archive, mv.ref, approver=Approver("demo", "admin", "test"),
-                    reason="demo model for the pipeline tests")
+                    reason=DEMO_APPROVAL, report=DEMO_REPORT)
         return reg.resolve(f"{mv.name}@production").device_uid
     finally:
         archive.close()
@@ -170,7 +172,8 @@ def wait_jobs(config: Path, pred, timeout: float = 240.0,  # noqa: ANN001
         if pred(jobs):
             return jobs
         time.sleep(interval)
-    raise AssertionError(f"jobs never reached the expected state: {json.dumps(jobs, indent=1)[:4000]}")
+    raise AssertionError("jobs never reached the expected state: "
+                         f"{json.dumps(jobs, indent=1)[:4000]}")
 
 
 def demo_ct(folder: Path, *, seed: int = 7, patient: str = "PIPE^ONE", nodules: int = 2,

@@ -36,6 +36,13 @@ rules:
 """
 
 SCANNER_AE = "SIM_CT"
+#: the evaluation the demo admin's approval rests on: the held-out site (never seen in
+#: training), which passes the demo targets; the test split misses them by one nodule (10 of
+#: 35 found at 1 FP/scan, 11 needed) — both reports ship with the model and the console shows
+#: both verdicts
+DEMO_REPORT = "demo-v1-heldout-test"
+DEMO_APPROVAL = ("demo: approved on the held-out site's evaluation (demo targets, synthetic "
+                 "data; the test split misses them by one nodule)")
 
 
 def prepare(archive) -> str:  # noqa: ANN001
@@ -55,7 +62,7 @@ def prepare(archive) -> str:  # noqa: ANN001
         try:
             promote(reg, archive, mv.ref, approver=Approver(settings.web.demo_user, "admin",
                                                             "demo"),
-                    reason="demo: the shipped demo model (demo targets, synthetic data)")
+                    reason=DEMO_APPROVAL, report=DEMO_REPORT)
         except Conflict:
             pass
     path = rules_path(settings)

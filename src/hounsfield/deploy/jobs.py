@@ -36,7 +36,8 @@ def idempotency_key(input_key: str, model_version: str, device_uid: str, profile
 
 def create_job(archive, *, key: str, study_uid: str, series_uid: str, trigger: str,  # noqa: ANN001
                actor: str, rule: str, model_ref: str, model_version: str, device_uid: str,
-               profile: str, destinations: list[str], log_lines: list[str]) -> tuple[AiJob, bool]:
+               profile: str, destinations: list[str], log_lines: list[str],
+               operating_threshold: float | None = None) -> tuple[AiJob, bool]:
     """The job for ``key``: (job, created).  An existing job for the same key is returned as
     it is — the same study sent twice never makes a second set of results."""
     with archive.session() as s:
@@ -48,7 +49,8 @@ def create_job(archive, *, key: str, study_uid: str, series_uid: str, trigger: s
     job = AiJob(id=job_id, idempotency_key=key, workflow_id=job_id, study_instance_uid=study_uid,
                 series_instance_uid=series_uid, trigger=trigger, actor=actor, rule=rule,
                 model_ref=model_ref, model_version=model_version, device_uid=device_uid,
-                profile=profile, destinations=list(destinations), state="queued",
+                operating_threshold=operating_threshold, profile=profile,
+                destinations=list(destinations), state="queued",
                 log=[_line(x) for x in log_lines], result_uids=[], findings=[], timings={})
     try:
         with archive.write_session() as s, s.begin():
@@ -199,6 +201,7 @@ def job_dict(job: AiJob) -> dict[str, Any]:
             "series_instance_uid": job.series_instance_uid, "trigger": job.trigger,
             "actor": job.actor, "rule": job.rule, "model": job.model_ref,
             "model_version": job.model_version, "device_uid": job.device_uid,
+            "operating_threshold": job.operating_threshold,
             "profile": job.profile, "destinations": job.destinations,
             "attempts": job.attempts, "error": job.error, "log": job.log,
             "results": job.result_uids, "n_findings": job.n_findings,

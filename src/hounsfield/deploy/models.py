@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Float, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from hounsfield.archive.models import Base, utcnow
@@ -36,6 +36,9 @@ class AiJob(Base):
     model_ref: Mapped[str] = mapped_column(String(160), default="")
     model_version: Mapped[str] = mapped_column(String(160), default="")
     device_uid: Mapped[str] = mapped_column(String(64), default="")
+    #: findings below it are not reported: the operating point of the evaluation that
+    #: justified the model's promotion (None: the model's own threshold only)
+    operating_threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
     profile: Mapped[str] = mapped_column(String(32), default="")
     destinations: Mapped[list] = mapped_column(JSON, default=list)
     state: Mapped[str] = mapped_column(String(16), default="queued", index=True)

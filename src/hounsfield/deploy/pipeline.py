@@ -134,9 +134,13 @@ def _decide(archive, trigger: Trigger) -> Fired:  # noqa: ANN001
     input_key = series_content_key(_series_content(archive, decision.series_uid))
     key = idempotency_key(input_key, mv.ref, mv.device_uid, decision.profile, destinations)
     lines.append(f"model {decision.model} -> {mv.ref} (device UID {mv.device_uid})")
+    threshold, label = _operating_threshold(settings, mv, decision.model)
+    if threshold is not None:
+        lines.append(f"findings reported at probability >= {threshold:.3f}: the operating point "
+                     f"of {label!r}, the evaluation that justified the promotion")
     job, created = create_job(archive, key=key, series_uid=decision.series_uid,
                               model_version=mv.ref, device_uid=mv.device_uid,
-                              log_lines=lines, **common)
+                              operating_threshold=threshold, log_lines=lines, **common)
     if job.state == "queued":
         engine.enqueue(settings, AI_WORKFLOW, engine.AI_QUEUE, job.workflow_id, job.id,
                        timeout_s=settings.jobs.timeout_s)
@@ -161,6 +165,19 @@ def _resolve_model(settings, ref: str):  # noqa: ANN001, ANN202
     if reg is None:
         reg = _registries[uri] = ModelRegistry(settings)
     return resolve_for_routing(reg, ref)
+
+
+def _operating_threshold(settings, mv, ref: str):  # noqa: ANN001, ANN202
+    from hounsfield.registry.approval import operating_threshold
+
+    reg = _registries[_tracking(settings)]
+    return operating_threshold(reg, mv, ref.partition("@")[2])
+
+
+def _tracking(settings) -> str:  # noqa: ANN001
+    from hounsfield.registry.mlflow_registry import tracking_uri
+
+    return tracking_uri(settings)
 
 
 def _series_content(archive, series_uid: str) -> list[tuple[str, str]]:  # noqa: ANN001
@@ -188,7 +205,8 @@ def _record(archive, trigger: Trigger, fired: Fired) -> None:  # noqa: ANN001
                              log=fired.log))
     except IntegrityError:  # recorded by another router first: same decision
         return
-    record(archive, Entry(Action.AI_JOB, actor=trigger.actor, study_instance_uid=trigger.study_instance_uid,
+    record(archive, Entry(Action.AI_JOB, actor=trigger.actor,
+                          study_instance_uid=trigger.study_instance_uid,
                           detail=f"{trigger.kind} trigger: {fired.outcome}"
                           + (f" {fired.job_id}" if fired.job_id else "")))
 
@@ -269,6 +287,9 @@ def run_job(archive, job) -> dict:  # noqa: ANN001
     t2 = time.perf_counter()
     inference = runner.run_volume(vol)
     t["inference_s"] = time.perf_counter() - t2
+    found = inference.findings
+    if job.operating_threshold is not None:
+        found = [f for f in found if f.probability >= job.operating_threshold]
     t3 = time.perf_counter()
     name, _, version = job.model_version.partition("@")
     from hounsfield import __version__
@@ -277,7 +298,7 @@ def run_job(archive, job) -> dict:  # noqa: ANN001
                     software_version=__version__)
     from hounsfield.config import OUTPUT_PROFILES
 
-    results = build_results(datasets, vol, inference.findings, model,
+    results = build_results(datasets, vol, found, model,
                             input_key=series_content_key(content),
                             profile_kinds=set(OUTPUT_PROFILES[job.profile]),
                             created=_aware(job.created_at))
@@ -300,7 +321,7 @@ def run_job(archive, job) -> dict:  # noqa: ANN001
     uids = [{"kind": o.kind, "sop_instance_uid": str(o.dataset.SOPInstanceUID),
              "series_instance_uid": str(o.dataset.SeriesInstanceUID),
              "sop_class_uid": str(o.dataset.SOPClassUID)} for o in results.objects]
-    n = len(inference.findings)
+    n = len(found)
     sc_series = {str(o.dataset.SOPInstanceUID): str(o.dataset.SeriesInstanceUID)
                  for o in results.objects if o.kind.startswith("SC")}
     findings = [{"label": f.label, "tracking_uid": f.tracking_uid, "x_mm": f.x_mm,
@@ -313,7 +334,9 @@ def run_job(archive, job) -> dict:  # noqa: ANN001
                  "sc_series_instance_uid": sc_series.get(f.key_image_sop_instance_uid or "", "")}
                 for f in results.findings]
     timings = {**job.timings, **{k: round(v, 3) for k, v in t.items()}}
-    summary = (f"{n} finding(s)" if n else "no findings") + \
+    below = len(inference.findings) - n
+    hidden = f" ({below} candidate(s) below the operating threshold not reported)" if below else ""
+    summary = (f"{n} finding(s)" if n else "no findings") + hidden + \
         f"; {len(uids)} result object(s) stored: " + \
         ", ".join(sorted({u['kind'] for u in uids}))
     update_job(archive, job.id, result_uids=uids, n_findings=n, timings=timings,

@@ -387,3 +387,22 @@ def resolve_for_routing(reg: ModelRegistry, ref: str) -> ModelVersionInfo:
                        f"through Hounsfield (its promotion history says "
                        f"{approved or 'nothing'}); promote it with `hounsfield models promote`")
     return mv
+
+
+def operating_threshold(reg: ModelRegistry, mv: ModelVersionInfo,
+                        alias: str = PRODUCTION) -> tuple[float | None, str | None]:
+    """The probability threshold of the operating point of the evaluation that put ``mv``
+    under ``alias`` (the report the promotion's history names), and that report's label.
+    Clinical results show findings at or above it — the operating point the targets were
+    checked at.  ``(None, None)`` when the history names no report or the report has none."""
+    entries = [e for e in history(reg, mv.name) if e.alias == alias and e.to_version == mv.version
+               and e.action in ("promote", "rollback")]
+    label = entries[-1].report if entries else None
+    if not label:
+        return None, None
+    path = reg.run_artifacts(mv.run_id) / "evaluation" / label / "report.json"
+    try:
+        report = json.loads(path.read_text())
+        return float(report["operating_point"]["threshold"]), label
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, label

@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column('model_ref', sa.String(160), nullable=False),
         sa.Column('model_version', sa.String(160), nullable=False),
         sa.Column('device_uid', sa.String(64), nullable=False),
+        sa.Column('operating_threshold', sa.Float(), nullable=True),
         sa.Column('profile', sa.String(32), nullable=False),
         sa.Column('destinations', sa.JSON(), nullable=False),
         sa.Column('state', sa.String(16), nullable=False),
