@@ -29,7 +29,8 @@ function OnStableStudy(studyId, tags, metadata)
   local series = ParseJson(RestApiGet('/studies/' .. studyId .. '/series'))
   for i, s in pairs(series) do
     if s['MainDicomTags']['Modality'] == 'CT' then
-      SendToModality(s['ID'], 'hounsfield')
+      -- a C-STORE job of the whole series (Lua's SendToModality takes one instance)
+      RestApiPost('/modalities/hounsfield/store', s['ID'])
     end
   end
 end
@@ -86,7 +87,9 @@ def test_orthanc_forwards_a_ct_and_receives_seg_sr_sc_back(tmp_path):
             by_class.setdefault(ds.SOPClassUID.name, []).append(ds)
             assert "AI" in ds.SeriesDescription
             assert ds.StudyInstanceUID == case.ct.datasets[0].StudyInstanceUID
-            eq = ds.ContributingEquipmentSequence[0]
+            # acquisition equipment (the CT), the model, and highdicom (the library)
+            (eq,) = [e for e in ds.ContributingEquipmentSequence if e.get("DeviceUID")]
+            assert eq.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"  # processing
             assert eq.DeviceUID == device_uid
             assert eq.ManufacturerModelName == "demo-nodules"
         (seg,) = by_class["Segmentation Storage"]
