@@ -253,6 +253,28 @@ def test_rerun_gives_identical_objects_and_another_model_other_uids(ct, vol, mod
     assert not {f.tracking_uid for f in other.findings} & {f.tracking_uid for f in results.findings}
 
 
+def test_one_finding_references_its_segment_and_source_slices(ct, vol, model, key, tmp_path):
+    """A SEG of one segment keeps Segment Identification in the shared functional groups;
+    the SR's Referenced Segment must still name it and its slices (a one-nodule study)."""
+    rs = build_results(ct.datasets, vol, truth_findings(ct)[:1], model, input_key=key,
+                       created=WHEN)
+    assert [o.kind for o in rs.objects] == ["SEG", "SR", "SC"]
+    (seg,), (sr_ds,) = rs.of_kind("SEG"), rs.of_kind("SR")
+    sr = hd.sr.srread(io.BytesIO(part10(sr_ds)))
+    (group,) = sr.content.get_planar_roi_measurement_groups()
+    items = group[0].ContentSequence
+    refs = [it for it in items if it.ConceptNameCodeSequence[0].CodeValue == "121191"]
+    assert len(refs) == 1
+    ref = refs[0].ReferencedSOPSequence[0]
+    assert ref.ReferencedSOPInstanceUID == seg.SOPInstanceUID and ref.ReferencedSegmentNumber == 1
+    slices = {str(d.SOPInstanceUID) for d in ct.datasets}
+    srcs = [it for it in items if it.ConceptNameCodeSequence[0].CodeValue == "121233"]
+    assert srcs and {it.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for it in srcs} <= slices
+    if DCIODVFY:
+        for o in rs.objects:
+            assert dciodvfy_errors(o.dataset, tmp_path) == [], o.kind
+
+
 def test_no_findings_is_an_explicit_sr_and_key_image_without_seg(ct, vol, model, key, tmp_path):
     rs = build_results(ct.datasets, vol, [], model, input_key=key, created=WHEN)
     assert [o.kind for o in rs.objects] == ["SR", "SC"] and rs.no_findings

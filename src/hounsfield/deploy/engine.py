@@ -177,7 +177,7 @@ def statuses(settings, workflow_ids: list[str]) -> dict[str, Any]:  # noqa: ANN0
     if not workflow_ids:
         return {}
     rows = client(settings).list_workflows(workflow_ids=list(workflow_ids), load_input=False,
-                                           load_output=False)
+                                           load_output=True)  # the error, for dead jobs
     return {r.workflow_id: r for r in rows}
 
 

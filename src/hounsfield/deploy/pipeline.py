@@ -219,9 +219,12 @@ class ModelUnavailable(HounsfieldError):
 
 
 def _transient(exc: BaseException) -> bool:
-    """Worth retrying: I/O and database hiccups — not bad input, a broken series or a model
-    that cannot load (those fail the job at once, with the reason)."""
-    return not isinstance(exc, HounsfieldError)
+    """Worth retrying: I/O and database hiccups — not bad input, a broken series, a model that
+    cannot load or a bug (those fail the job at once, with the reason)."""
+    from sqlalchemy.exc import DBAPIError
+
+    return isinstance(exc, (OSError, TimeoutError, DBAPIError)) and \
+        not isinstance(exc, HounsfieldError)
 
 
 @DBOS.step(name="hounsfield.ai_job.start")
@@ -257,6 +260,16 @@ def _run(job_id: str) -> dict:
         update_job(archive, job_id, state="failed", error=exc.reason,
                    log_line=f"failed: {exc.reason}; nothing sent")
         return {"error": exc.reason}
+    except Exception as exc:
+        if _transient(exc):
+            update_job(archive, job_id, log_line=f"transient error, retried with backoff: "
+                                                 f"{type(exc).__name__}: {exc}")
+            raise
+        log.exception("job %s: internal error", job_id)
+        why = f"internal error ({type(exc).__name__}: {exc}); see the worker's log"
+        update_job(archive, job_id, state="failed", error=why[:4000],
+                   log_line=f"failed: {why}; nothing sent")
+        return {"error": why}
 
 
 def run_job(archive, job) -> dict:  # noqa: ANN001
@@ -362,6 +375,13 @@ def _series_datasets(archive, series_uid: str, read):  # noqa: ANN001, ANN202
             [(sop, h) for sop, _k, h in rows])
 
 
+@DBOS.step(name="hounsfield.ai_job.dead")
+def _dead(job_id: str, why: str) -> dict:
+    update_job(engine.worker_archive(), job_id, state="dead", error=why,
+               log_line=f"dead: {why}")
+    return {"state": "dead", "error": why}
+
+
 @DBOS.step(name="hounsfield.ai_job.finish")
 def _finish(job_id: str, exports: list[dict]) -> dict:
     archive = engine.worker_archive()
@@ -386,7 +406,10 @@ def _finish(job_id: str, exports: list[dict]) -> dict:
 @DBOS.workflow(name=AI_WORKFLOW, max_recovery_attempts=5)
 def ai_job_workflow(job_id: str) -> dict:
     info = _start(job_id)
-    out = _run(job_id)
+    try:
+        out = _run(job_id)
+    except Exception as exc:  # retries exhausted (DBOSMaxStepRetriesExceeded) on I/O errors
+        return _dead(job_id, f"{exc}: {getattr(exc, 'errors', '') or ''}"[:4000])
     if "error" in out:
         return {"state": "failed", "error": out["error"]}
     handles = []

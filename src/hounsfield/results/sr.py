@@ -121,8 +121,23 @@ def finding_group(src: SourceSeries, f: MeasuredFinding, model: AIModel,
         frame_of_reference_uid=str(image.FrameOfReferenceUID),
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     if seg is not None:
-        items.extend(hd.sr.ReferencedSegment.from_segmentation(seg, f.number))
+        items.extend(referenced_segment(seg, f, src))
     return group
+
+
+def referenced_segment(seg: Dataset, f: MeasuredFinding, src: SourceSeries) -> hd.sr.ReferencedSegment:
+    """TID 1411's Referenced Segment (DCM 121191) with the source slices the segment lies on.
+
+    Built here, not with highdicom's ``ReferencedSegment.from_segmentation``: that reads the
+    segment number from each frame's Segment Identification, which a SEG of a single segment
+    keeps in the Shared Functional Groups instead (it raised AttributeError on every finding of
+    a one-nodule study)."""
+    ks = sorted({int(k) for k in f.region.voxels_kji()[:, 0]})
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=str(seg.SOPClassUID), sop_instance_uid=str(seg.SOPInstanceUID),
+        segment_number=f.number,
+        source_images=[hd.sr.SourceImageForSegmentation.from_source_image(src.slices[k])
+                       for k in ks])
 
 
 def qualitative_evaluations(summary, findings: list[MeasuredFinding],  # noqa: ANN001
