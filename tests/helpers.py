@@ -103,8 +103,10 @@ class PostgresServer:
         """Stop the server (fast shutdown: clients are disconnected) and start it again on the
         same port and data directory."""
         data = self.base / "data"
+        # pg_ctl waits until the server is down (terminating the runuser wrapper does not)
+        subprocess.run(self._run(str(self.bin / "pg_ctl"), "-D", str(data), "-m", "fast",
+                                 "-w", "stop"), check=True, capture_output=True, timeout=120)
         if self.proc is not None:
-            self.proc.terminate()
             self.proc.wait(60)
         self.proc = subprocess.Popen(
             self._run(str(self.bin / "postgres"), "-D", str(data), "-p", str(self.port),

@@ -179,7 +179,8 @@ def test_same_study_twice_and_new_instances(tmp_path):
 
 def copies_of_ct(tmp: Path, n: int) -> list[list[Path]]:
     """``n`` different studies (new patient, study, series and SOP UIDs) of one small
-    synthetic chest CT (48 x 128 x 128)."""
+    synthetic chest CT (48 x 128 x 128 at 0.7 mm pixels: a 9 cm field of view, so that the
+    model's work per study is small — the test is about 50 arriving together, not the model)."""
     from pydicom.uid import generate_uid
 
     from hounsfield.synth import generate_ct
@@ -197,6 +198,7 @@ def copies_of_ct(tmp: Path, n: int) -> list[list[Path]]:
             ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
             ds.FrameOfReferenceUID = frame
             ds.SOPInstanceUID = generate_uid()
+            ds.PixelSpacing = [0.7, 0.7]
             p = folder / f"{i:03d}.dcm"
             ds.save_as(p, enforce_file_format=True)
             files.append(p)
@@ -239,9 +241,10 @@ def test_no_rule_broken_series_and_broken_model(tmp_path):
         files, case = demo_ct(tmp_path / "gap", seed=21, patient="GAP^CT")
         storescu(platform.dicom_port, files[:30] + files[31:])
         files2, _ = demo_ct(tmp_path / "mixed", seed=22, patient="MIXED^CT")
-        for f in files2[:10]:  # ten slices turned sagittal
+        for i, f in enumerate(files2[:10]):  # ten slices of a sagittal stack in the series
             ds = pydicom.dcmread(f)
             ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+            ds.ImagePositionPatient = [-60.0 + 3.0 * i, -120.0, 80.0]
             ds.save_as(f)
         storescu(platform.dicom_port, files2)
         jobs = wait_jobs(cfg, lambda js: len(js) == 2 and all(

@@ -118,6 +118,16 @@ def serve_cmd(
         console.print(f"data in {archive.settings.data_dir}; Ctrl-C stops")
         run_components(components, stop)
         console.print("stopped")
+        if role in ("all", "worker"):
+            # a job step still running is left for recovery (its worker thread never
+            # records an outcome, see deploy.engine.abandon): exit without waiting for it
+            import os
+            import sys
+
+            sys.stdout.flush()
+            sys.stderr.flush()
+            logging.shutdown()
+            os._exit(0)
 
 
 def echo_cmd(ctx: typer.Context,

@@ -39,6 +39,7 @@ _client: Any = None
 _client_url: str | None = None
 _worker: Any = None  # the launched DBOS instance of this process, if it is a worker
 _archive: Any = None  # the archive the worker's steps use
+_stopping = threading.Event()
 
 
 def system_database_url(settings) -> str:  # noqa: ANN001
@@ -82,6 +83,7 @@ def launch_worker(archive) -> None:  # noqa: ANN001
             DBOS.destroy()
             raise ConfigurationError(f"the job engine could not start: {exc}") from exc
         _register_queues(settings)
+        _stopping.clear()
         _worker = inst
     log.info("job worker %s on %s", settings.jobs.executor_id, system_database_url(settings))
 
@@ -105,9 +107,23 @@ def stop_worker() -> None:
     with _lock:
         if _worker is None:
             return
+        _stopping.set()
         DBOS.destroy(workflow_completion_timeout_sec=0)
         _worker = None
         _archive = None
+
+
+def stopping() -> bool:
+    """True once this worker is shutting down: a step that fails now (its database or
+    executor closing under it) must not record an outcome — see :func:`abandon`."""
+    return _stopping.is_set()
+
+
+def abandon() -> None:
+    """Never return: the step in progress is left unrecorded, so the engine re-runs it when a
+    worker starts again (as after kill -9).  ``serve`` exits the process without waiting for
+    such threads."""
+    threading.Event().wait()
 
 
 def worker_archive():  # noqa: ANN201

@@ -256,11 +256,15 @@ def _run(job_id: str) -> dict:
                               f"{archive.settings.jobs.executor_id}")
     try:
         return run_job(archive, job)
-    except HounsfieldError as exc:
-        update_job(archive, job_id, state="failed", error=exc.reason,
-                   log_line=f"failed: {exc.reason}; nothing sent")
-        return {"error": exc.reason}
-    except Exception as exc:
+    except BaseException as exc:
+        if engine.stopping():  # shutting down under it: record nothing, recovery re-runs it
+            engine.abandon()
+        if isinstance(exc, HounsfieldError):
+            update_job(archive, job_id, state="failed", error=exc.reason,
+                       log_line=f"failed: {exc.reason}; nothing sent")
+            return {"error": exc.reason}
+        if not isinstance(exc, Exception):
+            raise
         if _transient(exc):
             update_job(archive, job_id, log_line=f"transient error, retried with backoff: "
                                                  f"{type(exc).__name__}: {exc}")
@@ -439,8 +443,13 @@ def _deliver(job_id: str, destination: str, uids: list[dict], attempt: int) -> d
 
     archive = engine.worker_archive()
     t0 = time.perf_counter()
-    report = deliver(archive, [u["sop_instance_uid"] for u in uids], destination,
-                     attempt=attempt)
+    try:
+        report = deliver(archive, [u["sop_instance_uid"] for u in uids], destination,
+                         attempt=attempt)
+    except BaseException:
+        if engine.stopping():  # as in the run step: leave the attempt for recovery
+            engine.abandon()
+        raise
     seconds = time.perf_counter() - t0
     retry = [i.sop_instance_uid for i in report.retry]
     dead = [i.sop_instance_uid for i in report.dead]
