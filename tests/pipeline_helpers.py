@@ -35,10 +35,11 @@ def toml_value(v: object) -> str:
 
 def write_config(path: Path, data_dir: Path, *, dicom_port: int, http_port: int,
                  destinations: dict[str, dict] | None = None, stable_after_s: float = 1.0,
-                 extra: str = "") -> Path:
+                 extra: str = "", jobs: dict | None = None) -> Path:
     lines = [f"data_dir = {toml_value(str(data_dir))}", 'profile = "demo"', "",
              "[dicom]", f"port = {dicom_port}", f"stable_after_s = {stable_after_s}", "",
-             "[http]", f"port = {http_port}", "", "[jobs]", "poll_s = 0.2", ""]
+             "[http]", f"port = {http_port}", "", "[jobs]", "poll_s = 0.2",
+             *[f"{k} = {toml_value(v)}" for k, v in (jobs or {}).items()], ""]
     for name, d in (destinations or {}).items():
         lines.append(f"[export.destinations.{name}]")
         for k, v in d.items():
@@ -130,7 +131,7 @@ class Platform:
 def platform_config(tmp: Path, *, destinations: dict[str, dict] | None = None,
                     rules: str | None = None, profile: str = "all",
                     stable_after_s: float = 1.0, dicom_port: int | None = None,
-                    extra: str = "") -> Path:
+                    extra: str = "", jobs: dict | None = None) -> Path:
     """A data directory with the demo model promoted, chest-CT rules and the destinations."""
     from hounsfield.demo import DEMO_MODEL_NAME
 
@@ -138,7 +139,7 @@ def platform_config(tmp: Path, *, destinations: dict[str, dict] | None = None,
     data.mkdir(parents=True, exist_ok=True)
     cfg = write_config(tmp / "hounsfield.toml", data, dicom_port=dicom_port or free_port(),
                        http_port=free_port(), destinations=destinations,
-                       stable_after_s=stable_after_s, extra=extra)
+                       stable_after_s=stable_after_s, extra=extra, jobs=jobs)
     (data / "rules.yaml").write_text(rules if rules is not None else CHEST_RULES.format(
         model=DEMO_MODEL_NAME, profile=profile, destinations=json.dumps(list(destinations or {}))))
     install_model(cfg)

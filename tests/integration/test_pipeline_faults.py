@@ -305,9 +305,11 @@ def test_no_rule_broken_series_and_broken_model(tmp_path):
 
 
 def test_fifty_studies_at_once(tmp_path):
-    """50 studies arrive together from 5 concurrent modalities: 50 jobs, each done once."""
+    """50 studies arrive together from 5 concurrent modalities: 50 jobs, each done once (two
+    jobs at a time on this worker, one CPU thread each)."""
     pacs = StoreSCP(tmp_path / "pacs").start()
-    cfg = platform_config(tmp_path / "hf", destinations={"pacs": _dest(pacs.port)})
+    cfg = platform_config(tmp_path / "hf", destinations={"pacs": _dest(pacs.port)},
+                          jobs={"worker_concurrency": 2})
     platform = Platform(cfg).start()
     try:
         batches = copies_of_ct(tmp_path, 50)

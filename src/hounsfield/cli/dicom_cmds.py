@@ -44,14 +44,15 @@ def build_components(archive, role: str = "all", *, http_port: int | None = None
     from hounsfield.web.server import HttpServer
 
     out: list[Component] = []
+    if role in ("all", "worker"):
+        # first: the pipeline is enabled (and recovering) before the first study is accepted
+        from hounsfield.deploy.worker import JobWorker
+
+        out.append(JobWorker(archive))
     if role in ("all", "dicom"):
         out += [DicomNode(archive), StableMonitor(archive)]
     if role in ("all", "api"):
         out.append(HttpServer(archive, host=http_host, port=http_port))
-    if role in ("all", "worker"):
-        from hounsfield.deploy.worker import JobWorker
-
-        out.append(JobWorker(archive))
     return out
 
 
