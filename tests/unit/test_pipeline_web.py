@@ -105,5 +105,7 @@ def test_run_ai_routes_and_records_then_jobs_pages(env) -> None:  # noqa: ANN001
     for path in ("/jobs", f"/jobs/{job['id']}", f"/studies/{study}"):
         p = c.get(path, headers=rad)
         assert p.status_code == 200 and job["id"] in p.text, path
-    assert "run-ai" in c.get(f"/studies/{study}", headers=rad).text
+    page = c.get(f"/studies/{study}", headers=rad).text
+    assert "run-ai" in page and page.count('class="ai-job"') == 1
+    assert "AI results" not in page.split("</title>")[0]  # the section is in the body only
     assert "run-ai" not in c.get(f"/studies/{study}", headers=ann).text
