@@ -94,6 +94,7 @@ def serve_cmd(
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # one line per copied module
     with edge():
         st_ = state(ctx)
         dicom = st_.settings.dicom
