@@ -355,3 +355,50 @@ def test_job_database_restarted(tmp_path, postgres):
     finally:
         platform.stop()
         pacs.stop()
+
+
+def test_job_timeout_and_cancel_then_retry(tmp_path):
+    """A job that runs past ``jobs.timeout_s`` is dead with that reason and sends nothing; a
+    running job cancelled by an operator stays cancelled and sends nothing; re-queued, it runs
+    and delivers."""
+    pacs = StoreSCP(tmp_path / "pacs").start()
+    cfg = platform_config(tmp_path / "hf", destinations={"pacs": _dest(pacs.port)},
+                          jobs={"timeout_s": 3})
+    platform = Platform(cfg).start()
+    try:
+        files, _ = demo_ct(tmp_path / "a", seed=51, patient="SLOW^ONE")
+        storescu(platform.dicom_port, files)
+        jobs = wait_jobs(cfg, lambda js: js and js[0]["state"] == "dead", timeout=180)
+        assert "timed out after 3 s" in jobs[0]["error"], jobs[0]
+        time.sleep(3)
+        assert pacs.received() == []
+    finally:
+        platform.stop()
+    text = cfg.read_text().replace("timeout_s = 3\n", "")
+    cfg.write_text(text)
+    platform = Platform(cfg, log=tmp_path / "serve2.log").start()
+    cli = [sys.executable, "-m", "hounsfield.cli", "--config", str(cfg), "jobs"]
+    try:
+        files, _ = demo_ct(tmp_path / "b", seed=52, patient="SLOW^TWO")
+        storescu(platform.dicom_port, files)
+        first = jobs[0]["id"]
+        jobs = wait_jobs(cfg, lambda js: any(j["id"] != first and j["state"] == "running"
+                                             for j in js), interval=0.1)
+        job = next(j for j in jobs if j["id"] != first)
+        r = subprocess.run([*cli, "cancel", job["id"]], env=platform.env, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        time.sleep(25)  # the inference step finishes; nothing after it runs
+        (now,) = [j for j in jobs_of(cfg) if j["id"] == job["id"]]
+        assert now["state"] == "cancelled", now
+        assert pacs.received() == []
+        r = subprocess.run([*cli, "retry", job["id"]], env=platform.env, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        jobs = wait_jobs(cfg, lambda js: any(j["id"] == job["id"] and j["state"] == "done"
+                                             for j in js))
+        (done,) = [j for j in jobs if j["id"] == job["id"]]
+        assert sorted(pacs.received()) == sorted(_results(done))
+    finally:
+        platform.stop()
+        pacs.stop()
