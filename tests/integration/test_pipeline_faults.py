@@ -264,6 +264,9 @@ def test_no_rule_broken_series_and_broken_model(tmp_path):
             archive.close()
         assert outcomes.count("no-rule") >= 1, outcomes
         assert pacs.received() == []
+    except BaseException:
+        pacs.stop()
+        raise
     finally:
         platform.stop()
 
