@@ -47,8 +47,8 @@ def test_bundle_layout_and_lineage():
 
 
 def test_bundle_finds_a_known_nodule_on_a_demo_ct():
-    from hounsfield.deploy.two_stage import TwoStageRunner
-    from hounsfield.models.bundle import load_runner
+    from hounsfield.infer import TwoStageRunner
+    from hounsfield.infer import load_runner
 
     runner = load_runner(DEMO_MODEL_DIR, name=DEMO_MODEL_NAME, version="test")
     assert isinstance(runner, TwoStageRunner)
@@ -86,7 +86,7 @@ def test_install_is_idempotent_and_sets_evaluation_tags(settings):
     assert [v.ref for v in reg.versions(DEMO_MODEL_NAME)] == [mv.ref]
     assert sorted(p.parent.name for p in reg.reports(mv)) == sorted(REPORT_LABELS)
     # the registered bundle runs from the registry
-    from hounsfield.models.bundle import load_runner
+    from hounsfield.infer import load_runner
 
     assert load_runner(reg.bundle_path(again)).patch == tuple(json.loads(
         (DEMO_MODEL_DIR / "configs" / "hounsfield.json").read_text())["patch"])
