@@ -80,3 +80,13 @@ def progress() -> Progress:
         console=err_console,
         transient=False,
     )
+
+
+def cli_actor() -> str:
+    """Who runs a CLI command, for the audit trail: ``cli:<login name>``."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # noqa: BLE001 - no login name (containers)
+        return "cli"

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from hounsfield.cli.common import console, edge, err_console, progress, state
+from hounsfield.cli.common import cli_actor, console, edge, err_console, progress, state
 
 
 def register(app: typer.Typer) -> None:
@@ -53,7 +53,7 @@ def deid_cmd(
             total = sum(len(instances_of(s, u)) for u in uids)
         with progress() as bar:
             task = bar.add_task("de-identifying", total=total)
-            report = deidentify_uids(archive, uids, out_dir=out, options=opts, actor=_user(),
+            report = deidentify_uids(archive, uids, out_dir=out, options=opts, actor=cli_actor(),
                                      on_item=lambda _s: bar.advance(task))
         where = str(out) if out else "the archive"
         console.print(f"{report.written} instance(s) de-identified into {where}")
@@ -66,14 +66,6 @@ def deid_cmd(
         if report.failed or (report.withheld and not report.written):
             raise typer.Exit(1)
 
-
-def _user() -> str:
-    import getpass
-
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:  # noqa: BLE001 - no login name (containers)
-        return "cli"
 
 
 def verify_cmd(

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from hounsfield.cli.common import console, edge, state
+from hounsfield.cli.common import cli_actor, console, edge, state
 
 jobs_app = typer.Typer(help="AI jobs of the clinical pipeline: list, show, retry, cancel.",
                        no_args_is_help=True)
@@ -19,12 +19,6 @@ jobs_app = typer.Typer(help="AI jobs of the clinical pipeline: list, show, retry
 def register(app: typer.Typer) -> None:
     app.command("run-ai")(run_ai_cmd)
     app.add_typer(jobs_app, name="jobs")
-
-
-def _user() -> str:
-    from hounsfield.cli.deid_cmds import _user as user
-
-    return user()
 
 
 def run_ai_cmd(
@@ -40,7 +34,7 @@ def run_ai_cmd(
 
     with edge():
         archive = state(ctx).archive
-        fired = fire(archive, Trigger(study_uid, "manual", actor=_user()))
+        fired = fire(archive, Trigger(study_uid, "manual", actor=cli_actor()))
         for line in fired.log:
             console.print(f"  {line}")
         console.print(f"[bold]{fired.outcome}[/]" + (f" {fired.job_id}" if fired.job_id else ""))
@@ -124,7 +118,7 @@ def retry_cmd(ctx: typer.Context, job_id: Annotated[str, typer.Argument()]) -> N
     from hounsfield.deploy.jobs import retry_job
 
     with edge():
-        job = retry_job(state(ctx).archive, job_id, actor=_user())
+        job = retry_job(state(ctx).archive, job_id, actor=cli_actor())
         console.print(f"{job.id} re-queued ({job.workflow_id})")
 
 
@@ -134,5 +128,5 @@ def cancel_cmd(ctx: typer.Context, job_id: Annotated[str, typer.Argument()]) -> 
     from hounsfield.deploy.jobs import cancel_job
 
     with edge():
-        job = cancel_job(state(ctx).archive, job_id, actor=_user())
+        job = cancel_job(state(ctx).archive, job_id, actor=cli_actor())
         console.print(f"{job.id} cancelled")

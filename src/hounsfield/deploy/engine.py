@@ -213,12 +213,3 @@ def requeue(settings, workflow_id: str) -> str:  # noqa: ANN001
         return workflow_id
     return c.fork_workflow(workflow_id, 0, application_version=WORKFLOW_VERSION,
                            queue_name=st.queue_name or AI_QUEUE).get_workflow_id()
-
-
-def shutdown_client() -> None:
-    global _client, _client_url
-    with _lock:
-        if _client is not None:
-            _client.destroy()
-        _client = None
-        _client_url = None

@@ -15,7 +15,9 @@ from starlette.responses import RedirectResponse, Response
 from hounsfield.deploy.jobs import (cancel_job, get_job, job_dict, list_jobs, reconcile,
                                     retry_job)
 from hounsfield.deploy.pipeline import Trigger, explain, fire
+from hounsfield.audit.principal import Permission
 from hounsfield.web.deps import AiOperator, ArchiveDep, Reader
+from hounsfield.web.pages import page
 
 api = APIRouter(prefix="/api", tags=["AI jobs"])
 pages = APIRouter(include_in_schema=False)
@@ -65,30 +67,18 @@ def route_explain(study_uid: str, archive: ArchiveDep, user: Reader) -> dict[str
 
 
 # -- console ----------------------------------------------------------------------------------
-def _page(request: Request, name: str, **context: object) -> Response:
-    from hounsfield.web.pages import page
-
-    return page(request, name, **context)
-
-
 @pages.get("/jobs")
 def jobs_page(request: Request, archive: ArchiveDep, user: Reader) -> Response:
     state = request.query_params.get("state", "").strip() or None
     rows = _reconciled(archive, list_jobs(archive, state=state, limit=200))
-    return _page(request, "jobs.html", jobs=rows, state=state or "",
-                 can_run=user.can(_perm()))
-
-
-def _perm():  # noqa: ANN202
-    from hounsfield.web.auth import Permission
-
-    return Permission.AI_RUN
+    return page(request, "jobs.html", jobs=rows, state=state or "",
+                 can_run=user.can(Permission.AI_RUN))
 
 
 @pages.get("/jobs/{job_id}")
 def job_page(job_id: str, request: Request, archive: ArchiveDep, user: Reader) -> Response:
     j = _reconciled(archive, [get_job(archive, job_id[:64])])[0]
-    return _page(request, "job.html", job=j, can_run=user.can(_perm()))
+    return page(request, "job.html", job=j, can_run=user.can(Permission.AI_RUN))
 
 
 @pages.post("/jobs/{job_id}/retry")
