@@ -143,19 +143,76 @@ class JobSettings(BaseModel):
 
 
 # -- export destinations (hounsfield.pacs.export) ------------------------------------------------
-#: output profile -> the result kinds it sends (docs/conformance.md, issue 16)
-OUTPUT_PROFILES: dict[str, frozenset[str]] = {
-    "ai-ready": frozenset({"SEG", "SR"}),
-    "legacy": frozenset({"SC"}),
-    "all": frozenset({"SEG", "SR", "SC"}),
+#: every kind of result object the pipeline can make (hounsfield.results)
+RESULT_KINDS: tuple[str, ...] = ("SEG", "SR", "SC", "GSPS", "KOS", "PDF")
+_EXPLICIT_LE = "1.2.840.10008.1.2.1"
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+
+
+class OutputProfile(BaseModel):
+    """A PACS-compatibility profile: which result objects a destination gets, in which transfer
+    syntaxes, whether a delivery counts only once the PACS commits it (Storage Commitment), and
+    how a re-run's superseded objects are withdrawn.  Built-in profiles are
+    :data:`BUILTIN_PROFILES`; more are defined as data in ``[export.profiles.NAME]``."""
+
+    model_config = {"extra": "forbid"}
+
+    description: str = ""
+    objects: list[str] = Field(min_length=1, description=(
+        "result kinds sent: " + ", ".join(RESULT_KINDS)))
+    transfer_syntaxes: list[str] = Field(default_factory=list, description=(
+        "transfer syntax UIDs to send in, preferred first; empty: as stored"))
+    storage_commitment: bool = Field(default=False, description=(
+        "a delivery counts as done only when the PACS commits it (DIMSE destinations)"))
+    supersede: Literal["iocm", "version"] = Field(default="version", description=(
+        "iocm: send a rejection KOS for superseded objects; version: the new objects name "
+        "their predecessors"))
+
+    @field_validator("objects")
+    @classmethod
+    def _objects(cls, v: list[str]) -> list[str]:
+        kinds = [k.upper() for k in v]
+        bad = [k for k in kinds if k not in RESULT_KINDS]
+        if bad:
+            raise ValueError(f"unknown result kind(s) {bad}: known are {', '.join(RESULT_KINDS)}")
+        return list(dict.fromkeys(kinds))
+
+    @field_validator("transfer_syntaxes")
+    @classmethod
+    def _syntaxes(cls, v: list[str]) -> list[str]:
+        bad = [u for u in v if not re.match(r"^[0-9]+(\.[0-9]+)*$", u) or len(u) > 64]
+        if bad:
+            raise ValueError(f"transfer syntaxes must be UIDs, got {bad}")
+        return v
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        return frozenset(self.objects)
+
+
+#: the profiles every installation has (docs/conformance.md); ``[export.profiles.NAME]`` adds
+#: or replaces profiles
+BUILTIN_PROFILES: dict[str, OutputProfile] = {
+    "ai-ready": OutputProfile(
+        description="a PACS that stores and displays SEG and SR (OHIF, most VNAs)",
+        objects=["SEG", "SR"]),
+    "legacy": OutputProfile(
+        description="a PACS that displays only images, presentation states, key objects "
+                    "and PDF: secondary captures, GSPS outlines, a KOS and a PDF summary",
+        objects=["SC", "GSPS", "KOS", "PDF"], transfer_syntaxes=[_EXPLICIT_LE, _IMPLICIT_LE]),
+    "all": OutputProfile(description="every result object", objects=list(RESULT_KINDS)),
 }
+
+#: built-in profile -> the result kinds it sends
+OUTPUT_PROFILES: dict[str, frozenset[str]] = {n: p.kinds for n, p in BUILTIN_PROFILES.items()}
 _DEST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def check_output_profile(value: str) -> str:
-    if value not in OUTPUT_PROFILES:
+def check_output_profile(value: str, known: dict[str, OutputProfile] | None = None) -> str:
+    names = known if known is not None else BUILTIN_PROFILES
+    if value not in names:
         raise ValueError(f"unknown output profile {value!r}: known profiles are "
-                         f"{', '.join(OUTPUT_PROFILES)}")
+                         f"{', '.join(names)}")
     return value
 
 
@@ -205,16 +262,18 @@ class RetryPolicy(BaseModel):
 class _Destination(BaseModel):
     model_config = {"extra": "forbid"}
 
-    profile: str = Field(default="ai-ready", description="ai-ready (SEG+SR) | legacy (SC) | all")
+    profile: str = Field(default="ai-ready", description=(
+        "output profile: ai-ready (SEG+SR) | legacy (SC, GSPS, KOS, PDF) | all | an "
+        "[export.profiles] name"))
+    storage_commitment: bool | None = Field(default=None, description=(
+        "override the profile's storage_commitment"))
+    transfer_syntaxes: list[str] | None = Field(default=None, description=(
+        "override the profile's transfer_syntaxes"))
+    supersede: Literal["iocm", "version"] | None = Field(default=None, description=(
+        "override the profile's supersede"))
     max_associations: int = Field(default=2, ge=1, le=64, description=(
         "concurrent associations / STOW requests to this destination, per process"))
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
-
-    @field_validator("profile")
-    @classmethod
-    def _profile(cls, v: str) -> str:
-        return check_output_profile(v)
-
 
 class DimseDestination(_Destination):
     """C-STORE to a DICOM node: ``remote`` (a ``dicom.remotes`` name) or ae_title/host/port."""
@@ -289,14 +348,31 @@ class ExportSettings(BaseModel):
     model_config = {"extra": "forbid"}
 
     destinations: dict[str, Destination] = Field(default_factory=dict)
+    profiles: dict[str, OutputProfile] = Field(default_factory=dict, description=(
+        "PACS-compatibility profiles beyond (or replacing) the built-in ones"))
 
-    @field_validator("destinations")
+    @field_validator("destinations", "profiles")
     @classmethod
     def _names(cls, v: dict) -> dict:
         bad = [n for n in v if not _DEST_NAME.match(n)]
         if bad:
-            raise ValueError(f"destination names are 1-64 letters, digits, '.', '_' or '-': {bad}")
+            raise ValueError(f"destination names (and profile names) are 1-64 letters, digits, '.', "
+                             f"'_' or '-': {bad}")
         return v
+
+    @model_validator(mode="after")
+    def _known_profiles(self) -> ExportSettings:
+        known = self.all_profiles()
+        for name, dest in self.destinations.items():
+            try:
+                check_output_profile(dest.profile, known)
+            except ValueError as exc:
+                raise ValueError(f"export destination {name!r}: {exc}") from None
+        return self
+
+    def all_profiles(self) -> dict[str, OutputProfile]:
+        """The built-in profiles with ``[export.profiles]`` added over them."""
+        return {**BUILTIN_PROFILES, **self.profiles}
 
 
 class DeploySettings(BaseModel):

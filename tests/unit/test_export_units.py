@@ -94,8 +94,8 @@ def test_classify(status, outcome):
 
 def test_profiles_and_kinds():
     assert profile_kinds("ai-ready") == {"SEG", "SR"}
-    assert profile_kinds("legacy") == {"SC"}
-    assert profile_kinds("all") == {"SEG", "SR", "SC"}
+    assert profile_kinds("legacy") == {"SC", "GSPS", "KOS", "PDF"}
+    assert profile_kinds("all") == {"SEG", "SR", "SC", "GSPS", "KOS", "PDF"}
     with pytest.raises(InvalidInput, match="known profiles are ai-ready, legacy, all"):
         profile_kinds("everything")
     assert kind_of("1.2.840.10008.5.1.4.1.1.66.4") == "SEG"

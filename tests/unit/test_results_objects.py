@@ -321,6 +321,6 @@ def test_profiles_and_bad_findings(ct, vol, model, key):
         with pytest.raises(InvalidInput):
             build_results(ct.datasets, vol, [bad], model, input_key=key, created=WHEN)
     with pytest.raises(InvalidInput):
-        build_results(ct.datasets, vol, [], model, input_key=key, profile_kinds={"GSPS"})
+        build_results(ct.datasets, vol, [], model, input_key=key, profile_kinds={"XRAY"})
     with pytest.raises(InvalidInput):
         build_results(ct.datasets[1:], vol, [], model, input_key=key)

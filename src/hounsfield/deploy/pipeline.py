@@ -313,11 +313,11 @@ def run_job(archive, job) -> dict:  # noqa: ANN001
 
     model = AIModel(name=name, version=version, device_uid=job.device_uid,
                     software_version=__version__)
-    from hounsfield.config import OUTPUT_PROFILES
+    from hounsfield.pacs.profiles import kinds_for
 
     results = build_results(datasets, vol, found, model,
                             input_key=series_content_key(content),
-                            profile_kinds=set(OUTPUT_PROFILES[job.profile]),
+                            profile_kinds=set(kinds_for(archive.settings, job.profile)),
                             created=_aware(job.created_at))
     t["build_s"] = time.perf_counter() - t3
     t4 = time.perf_counter()

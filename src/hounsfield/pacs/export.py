@@ -55,6 +55,7 @@ from hounsfield.pacs.delivery import (
 )
 from hounsfield.pacs.destinations import label
 from hounsfield.pacs.models import Delivery
+from hounsfield.pacs.profiles import effective
 
 __all__ = ["RetryPolicy", "classify", "deliver", "destination", "kind_of", "pending",
            "profile_kinds", "slot"]
@@ -79,11 +80,16 @@ KINDS: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.7.2": "SC",       # Multi-frame Grayscale Byte SC
     "1.2.840.10008.5.1.4.1.1.7.3": "SC",       # Multi-frame Grayscale Word SC
     "1.2.840.10008.5.1.4.1.1.7.4": "SC",       # Multi-frame True Color SC
+    "1.2.840.10008.5.1.4.1.1.11.1": "GSPS",    # Grayscale Softcopy Presentation State
+    "1.2.840.10008.5.1.4.1.1.88.59": "KOS",    # Key Object Selection Document
+    "1.2.840.10008.5.1.4.1.1.104.1": "PDF",    # Encapsulated PDF
 }
 
 
 def profile_kinds(profile: str) -> set[str]:
-    """``ai-ready`` -> {SEG, SR}, ``legacy`` -> {SC}, ``all`` -> {SEG, SR, SC}."""
+    """The kinds of a built-in profile: ``ai-ready`` -> {SEG, SR}, ``legacy`` -> {SC, GSPS,
+    KOS, PDF}, ``all`` -> every kind (configured profiles: :func:`hounsfield.pacs.profiles.
+    kinds_for`)."""
     try:
         return set(OUTPUT_PROFILES[check_output_profile(profile)])
     except ValueError as exc:
@@ -91,7 +97,8 @@ def profile_kinds(profile: str) -> set[str]:
 
 
 def kind_of(sop_class_uid: str) -> str | None:
-    """``SEG`` / ``SR`` / ``SC`` for a result SOP class; None for anything else."""
+    """``SEG`` / ``SR`` / ``SC`` / ``GSPS`` / ``KOS`` / ``PDF`` for a result SOP class; None
+    for anything else."""
     return KINDS.get(str(sop_class_uid))
 
 
@@ -211,7 +218,7 @@ def deliver(archive: Archive, sop_uids: Iterable[str], destination_name: str, *,
     report = DeliveryReport(operation, destination_name)
     uids = list(dict.fromkeys(sop_uids))
     rows = _rows(archive, uids)
-    kinds = profile_kinds(dest.profile)
+    kinds = set(effective(settings, destination_name).kinds)
     wanted = []
     for r in rows:
         if kind_of(r[1]) in kinds:

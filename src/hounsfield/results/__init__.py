@@ -33,8 +33,10 @@ from hounsfield.results.source import SourceSeries
 from hounsfield.results.sr import build_sr
 from hounsfield.results.uids import derive_uid, series_content_key
 
-KINDS = frozenset({"SEG", "SR", "SC"})
-PROFILES = {"ai-ready": frozenset({"SEG", "SR"}), "legacy": frozenset({"SC"}), "all": KINDS}
+from hounsfield.config import OUTPUT_PROFILES, RESULT_KINDS
+
+KINDS = frozenset(RESULT_KINDS)
+PROFILES = dict(OUTPUT_PROFILES)
 
 
 @dataclass(frozen=True)
