@@ -26,7 +26,8 @@ from typing import Any
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
+from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 
 from hounsfield.archive.models import utcnow
@@ -269,7 +270,7 @@ def match(ds: dict, keys: list[tuple[list[int], str]]) -> bool:
 
 # -- audit and events ------------------------------------------------------------------------
 
-def _audit(archive, actor: str, detail: str, study: str = "") -> None:  # noqa: ANN001
+def audit(archive, actor: str, detail: str, study: str = "") -> None:  # noqa: ANN001
     try:
         record(archive, Entry(Action.UPS, actor=actor or "system", study_instance_uid=study,
                               detail=detail))
@@ -382,7 +383,7 @@ def create(archive, body: Any, *, uid: str | None = None, actor: str = "",  # no
             _subscribe_globals(s, uid, ds)
     except IntegrityError:
         raise UpsRefused(0x0111, 409, f"workitem {uid} exists already") from None
-    _audit(archive, actor, f"workitem {uid} created (SCHEDULED)", study)
+    audit(archive, actor, f"workitem {uid} created (SCHEDULED)", study)
     return Answer(uid, SCHEDULED, warnings)
 
 
@@ -486,7 +487,7 @@ def update(archive, uid: str, body: Any, *, transaction_uid: str | None,  # noqa
         if progress in ds_in:
             _emit(s, uid, PROGRESS_REPORT, {progress: ds_in[progress]})
         state, study = row.state, row.study_instance_uid
-    _audit(archive, actor, f"workitem {uid} updated: " + ", ".join(
+    audit(archive, actor, f"workitem {uid} updated: " + ", ".join(
         keyword_for_tag(int(k, 16)) or k for k in sorted(ds_in)), study)
     return Answer(uid, state)
 
@@ -584,7 +585,7 @@ def change_state(archive, uid: str, body: Any, *, actor: str = "") -> Answer:  #
         row.updated_at = utcnow()
         _emit(s, uid, STATE_REPORT, _state_info(row.dataset, requested))
         study = row.study_instance_uid
-    _audit(archive, actor, f"workitem {uid} -> {requested}", study)
+    audit(archive, actor, f"workitem {uid} -> {requested}", study)
     return Answer(uid, requested)
 
 
@@ -629,7 +630,7 @@ def request_cancel(archive, uid: str, body: Any = None, *, actor: str = "",  # n
             _emit(s, uid, CANCEL_REQUESTED, note)
         row.updated_at = utcnow()
         state, study = row.state, row.study_instance_uid
-    _audit(archive, actor, f"workitem {uid}: cancellation requested ({state})", study)
+    audit(archive, actor, f"workitem {uid}: cancellation requested ({state})", study)
     return Answer(uid, state)
 
 
@@ -692,7 +693,7 @@ def subscribe(archive, uid: str, ae: str, *, deletion_lock: bool = False,  # noq
             else:
                 old.deletion_lock = deletion_lock
             _emit(s, row.uid, STATE_REPORT, _state_info(row.dataset, row.state), [ae])
-    _audit(archive, actor, f"{ae} subscribed to {kind} {uid}"
+    audit(archive, actor, f"{ae} subscribed to {kind} {uid}"
            + (f" filter {filt}" if filt else ""))
     return Answer(uid)
 
@@ -716,7 +717,7 @@ def unsubscribe(archive, uid: str, ae: str, *, actor: str = "") -> Answer:  # no
                 UpsSubscription.workitem_uid == uid)).rowcount
             if not n:
                 raise UpsRefused(0xC307, 404, f"{ae} is not subscribed to workitem {uid}")
-    _audit(archive, actor, f"{ae} unsubscribed from {uid}")
+    audit(archive, actor, f"{ae} unsubscribed from {uid}")
     return Answer(uid)
 
 
@@ -725,12 +726,12 @@ def suspend(archive, ae: str, *, actor: str = "") -> Answer:  # noqa: ANN001
     workitem subscriptions stay (PS3.4 CC.2.3.3, Suspend Global Subscription)."""
     ae = check_ae(ae)
     with archive.write_session() as s, s.begin():
-        n = s.execute(update(UpsSubscription).where(
+        n = s.execute(sql_update(UpsSubscription).where(
             UpsSubscription.ae_title == ae, UpsSubscription.kind.in_(("global", "filtered")))
             .values(suspended=True)).rowcount
         if not n:
             raise UpsRefused(0xC307, 404, f"{ae} has no worklist subscription to suspend")
-    _audit(archive, actor, f"{ae} worklist subscription suspended")
+    audit(archive, actor, f"{ae} worklist subscription suspended")
     return Answer(GLOBAL_SUBSCRIPTION_UID)
 
 
@@ -759,4 +760,4 @@ def mark_delivered(archive, ids: list[int]) -> None:  # noqa: ANN001
     if not ids:
         return
     with archive.write_session() as s, s.begin():
-        s.execute(update(UpsEvent).where(UpsEvent.id.in_(ids)).values(delivered_at=utcnow()))
+        s.execute(sql_update(UpsEvent).where(UpsEvent.id.in_(ids)).values(delivered_at=utcnow()))
