@@ -486,10 +486,19 @@ def update(archive, uid: str, body: Any, *, transaction_uid: str | None,  # noqa
         progress = tag("ProcedureStepProgressInformationSequence")
         if progress in ds_in:
             _emit(s, uid, PROGRESS_REPORT, {progress: ds_in[progress]})
+            pct = value(value(ds_in, "ProcedureStepProgressInformationSequence", {}) or {},
+                        "ProcedureStepProgress")
+            row.progress = int(pct) if isinstance(pct, (int, float)) else row.progress
         state, study = row.state, row.study_instance_uid
     audit(archive, actor, f"workitem {uid} updated: " + ", ".join(
         keyword_for_tag(int(k, 16)) or k for k in sorted(ds_in)), study)
     return Answer(uid, state)
+
+
+def set_job(archive, uid: str, job_id: str) -> None:  # noqa: ANN001
+    """Record the AI job our performer fired for a workitem it holds."""
+    with archive.write_session() as s, s.begin():
+        _locked(s, uid).job_id = job_id[:64]
 
 
 # -- Change State (N-ACTION type 1; PS3.18 §11.7) ---------------------------------------------
@@ -549,9 +558,11 @@ def _parse_state_body(body: Any) -> tuple[str, str]:
     return state, str(value(ds, "TransactionUID", "") or "")
 
 
-def change_state(archive, uid: str, body: Any, *, actor: str = "") -> Answer:  # noqa: ANN001
+def change_state(archive, uid: str, body: Any, *, actor: str = "",  # noqa: ANN001
+                 performer: str = "", job_id: str = "") -> Answer:
     """Change a workitem's state by Table CC.1.1-2 (:data:`TRANSITIONS`); the new state is
-    reported to subscribers in the same transaction."""
+    reported to subscribers in the same transaction.  ``performer``/``job_id``: our own
+    performer claiming it (recorded with the claim, in the same transaction)."""
     requested, tuid = _parse_state_body(body)
     if tuid:
         ok, why = validate_uid(tuid)
@@ -578,6 +589,8 @@ def change_state(archive, uid: str, body: Any, *, actor: str = "") -> Answer:  #
             row.dataset = _finalise(row.dataset, requested)
         else:  # SCHEDULED -> IN PROGRESS: record the lock
             row.transaction_uid = tuid
+            row.performer = performer[:32]
+            row.job_id = job_id[:64]
             ds = dict(row.dataset)
             ds[tag("ProcedureStepState")] = element("ProcedureStepState", IN_PROGRESS)
             row.dataset = ds
