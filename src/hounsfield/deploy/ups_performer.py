@@ -254,16 +254,16 @@ class UpsPerformer:
         if not job_id:
             return 1 if ups.get_row(self.archive, row.uid).state == ups.CANCELED else 0
         job = get_job(self.archive, job_id)
+        if job.state in DONE_STATES:  # finished before a cancel request could stop it
+            self._complete(row, job)
+            return 1
         if row.cancel_requested:
             if job.state in PROGRESS:
                 try:
                     cancel_job(self.archive, job.id, actor=ACTOR)
-                except HounsfieldError as exc:
-                    log.info("job %s: %s", job.id, exc.reason)
+                except Exception as exc:  # noqa: BLE001 - the workitem is canceled regardless
+                    log.warning("job %s could not be cancelled: %s", job.id, exc)
             self._cancel(row, row.cancel_reason or "cancellation requested")
-            return 1
-        if job.state in DONE_STATES:
-            self._complete(row, job)
             return 1
         if job.state in FAILED_STATES:
             self._cancel(row, f"AI job {job.id} {job.state}: {job.error or 'no reason given'}")
