@@ -149,7 +149,8 @@ class UpsSettings(BaseModel):
     mirror_url: str = Field(default="", description=(
         "an external UPS-RS manager's base URL (…/dicom-web): each AI job is mirrored as a "
         "workitem there (create, claim, progress, complete or cancel); empty = no mirroring"))
-    mirror_token: str | None = Field(default=None, description="bearer token for mirror_url")
+    mirror_token: SecretStr | None = Field(default=None,
+                                           description="bearer token for mirror_url")
     mirror_timeout_s: float = Field(default=10.0, gt=0)
     mirror_triggers: list[str] = Field(
         default_factory=lambda: ["stable", "manual", "api", "console", "mpps"],

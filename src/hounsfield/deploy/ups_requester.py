@@ -52,7 +52,7 @@ class UpsRequester:
     def _client(self) -> httpx.Client:
         headers = {"Accept": DICOM_JSON}
         if self.settings.mirror_token:
-            headers["Authorization"] = f"Bearer {self.settings.mirror_token}"
+            headers["Authorization"] = f"Bearer {self.settings.mirror_token.get_secret_value()}"
         return httpx.Client(base_url=self.settings.mirror_url.rstrip("/"), headers=headers,
                             timeout=self.settings.mirror_timeout_s)
 
