@@ -45,6 +45,7 @@ class Action(StrEnum):
     MODEL_PROMOTE = "MODEL-PROMOTE"
     MODEL_DEMOTE = "MODEL-DEMOTE"
     MODEL_ROLLBACK = "MODEL-ROLLBACK"
+    UPS = "UPS"
 
 
 #: action -> (EventID as "code meaning", EventActionCode)
@@ -70,6 +71,8 @@ EVENT_IDS: dict[Action, tuple[str, str]] = {
     Action.MODEL_PROMOTE: ("110113 Security Alert", "U"),
     Action.MODEL_DEMOTE: ("110113 Security Alert", "U"),
     Action.MODEL_ROLLBACK: ("110113 Security Alert", "U"),
+    # a workitem (UPS) created, changed, claimed, completed or canceled
+    Action.UPS: ("110100 Application Activity", "U"),
 }
 
 

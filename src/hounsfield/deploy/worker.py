@@ -19,6 +19,8 @@ from hounsfield.deploy import engine
 from hounsfield.deploy.jobs import reconcile
 from hounsfield.deploy.models import RouteEvent
 from hounsfield.deploy.pipeline import Trigger, fire
+from hounsfield.deploy.ups_performer import UpsPerformer
+from hounsfield.deploy.ups_requester import UpsRequester
 from hounsfield.ingest.models import StableEvent
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,8 @@ class JobWorker:
         self.route = route
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.ups = UpsPerformer(archive)
+        self.ups_mirror = UpsRequester(archive)
 
     def start(self) -> None:
         engine.launch_worker(self.archive)
@@ -103,6 +107,8 @@ class JobWorker:
                 if self.route:
                     route_stable(self.archive)
                 reconcile(self.archive)
+                self.ups.run_once()  # UPS workitems: claim, progress, complete / cancel
+                self.ups_mirror.run_once()  # jobs mirrored on an external UPS-RS manager
             except Exception as exc:  # noqa: BLE001 - keep going; the next pass retries
                 log.warning("job router pass failed: %s", exc)
 
