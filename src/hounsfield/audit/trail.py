@@ -45,6 +45,8 @@ class Action(StrEnum):
     MODEL_PROMOTE = "MODEL-PROMOTE"
     MODEL_DEMOTE = "MODEL-DEMOTE"
     MODEL_ROLLBACK = "MODEL-ROLLBACK"
+    MPPS_CREATE = "MPPS-N-CREATE"
+    MPPS_SET = "MPPS-N-SET"
 
 
 #: action -> (EventID as "code meaning", EventActionCode)
@@ -70,6 +72,9 @@ EVENT_IDS: dict[Action, tuple[str, str]] = {
     Action.MODEL_PROMOTE: ("110113 Security Alert", "U"),
     Action.MODEL_DEMOTE: ("110113 Security Alert", "U"),
     Action.MODEL_ROLLBACK: ("110113 Security Alert", "U"),
+    # a modality's performed procedure step created / updated (PS3.15 A.5.3.10 Procedure Record)
+    Action.MPPS_CREATE: ("110111 Procedure Record", "C"),
+    Action.MPPS_SET: ("110111 Procedure Record", "U"),
 }
 
 
