@@ -44,11 +44,12 @@ def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
-def route_mpps(archive, *, now: datetime | None = None) -> list[tuple[str, str]]:  # noqa: ANN001
+def route_mpps(archive, *, enabled: datetime,  # noqa: ANN001
+               now: datetime | None = None) -> list[tuple[str, str]]:
     """One pass: fire every COMPLETED MPPS whose instances are all stored, flag the overdue
-    ones as mismatches.  Returns (MPPS UID, what happened) for each step it changed."""
-    from hounsfield.deploy.worker import pipeline_enabled_at
-
+    ones as mismatches.  ``enabled``: when the pipeline was first enabled (steps that ended
+    before it are the back catalogue).  Returns (MPPS UID, what happened) for each step it
+    changed."""
     now = now or utcnow()
     cfg = archive.settings.mpps
     watch_from = now - timedelta(hours=cfg.late_arrival_h)
@@ -66,7 +67,7 @@ def route_mpps(archive, *, now: datetime | None = None) -> list[tuple[str, str]]
             .outerjoin(Instance, Instance.sop_instance_uid == PerformedInstance.sop_instance_uid)
             .where(PerformedInstance.mpps_pk.in_([r.id for r in rows]), Instance.id.is_(None))
             .group_by(PerformedInstance.mpps_pk)).all())
-    enabled = pipeline_enabled_at(archive)
+    enabled = _aware(enabled)
     done: list[tuple[str, str]] = []
     for r in rows:
         ended = _aware(r.ended_at) if r.ended_at else now

@@ -104,7 +104,8 @@ class JobWorker:
         while not self._stop.wait(interval):
             try:
                 if self.route:
-                    route_mpps(self.archive)  # first: a completed procedure beats the timer
+                    # first: a completed procedure beats the quiet timer
+                    route_mpps(self.archive, enabled=pipeline_enabled_at(self.archive))
                     route_stable(self.archive)
                 reconcile(self.archive)
             except Exception as exc:  # noqa: BLE001 - keep going; the next pass retries
