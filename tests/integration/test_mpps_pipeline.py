@@ -103,6 +103,8 @@ def test_mpps_completed_starts_the_job_before_the_quiet_timer(tmp_path):
                           interval=0.2)
         started_s = time.monotonic() - n_set
         assert started_s < 15 < quiet, f"job started only after {started_s:.1f} s"
+        print(f"MPPS trigger: job created {created_s:.2f} s, running {started_s:.2f} s after "
+              f"the N-SET COMPLETED (quiet timer {quiet:g} s)")
         assert [e["trigger"] for e in route_events(cfg, study)] == ["mpps"]  # the timer: not yet
         step = steps(cfg)[uid]
         assert (step["trigger_state"], step["route_outcome"], step["job_id"]) == \
