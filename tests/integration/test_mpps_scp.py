@@ -203,3 +203,43 @@ def test_mpps_goes_to_pynetdicom_storage_stays_lean_and_both_mix(node_factory, c
     assert row.state == "COMPLETED" and row.n_referenced == 3
     # C-STORE audit events are still written per association
     assert _audit(node, "C-STORE")
+
+
+def test_on_postgresql_concurrent_n_sets_apply_once(node_factory, postgres, ct, tmp_path):  # noqa: F811
+    """On a PostgreSQL index, modalities racing to end the same step: exactly one N-SET
+    COMPLETED wins (the row is locked for the update); the others get A710; then the trigger's
+    pass routes it once."""
+    import threading
+    from datetime import timedelta
+
+    if not have("storescu"):
+        pytest.skip("dcmtk missing")
+    from hounsfield.archive.models import utcnow
+    from hounsfield.deploy.mpps_trigger import route_mpps
+
+    url = postgres.create_db(f"hf_mpps_{tmp_path.name[:20].lower()}")
+    node = node_factory(database_url=url)
+    study = str(pydicom.dcmread(ct[0], stop_before_pixels=True).StudyInstanceUID)
+    uid = generate_uid()
+    with Modality(node.port) as m:
+        assert m.create(create_attrs(study), uid)[0] == 0
+    results: list[tuple] = []
+
+    def finish() -> None:
+        with Modality(node.port) as m:
+            results.append(m.set(uid, final_mods("COMPLETED", performed_series(ct))))
+
+    threads = [threading.Thread(target=finish) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(r[0] for r in results) == [0, 0x0110, 0x0110, 0x0110], results
+    assert _instances(node, uid) == len(ct)
+    r = subprocess.run(["storescu", "-aet", "MODALITY", "-aec", "HOUNSFIELD", "127.0.0.1",
+                        str(node.port), *map(str, ct)], env=PEER_ENV, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    enabled = utcnow() - timedelta(hours=1)
+    assert route_mpps(node.archive, enabled=enabled) == [(uid, "no-rule")]
+    assert route_mpps(node.archive, enabled=enabled) == []

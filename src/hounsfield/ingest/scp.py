@@ -112,7 +112,8 @@ class _AssocLog:
 
 
 class DicomNode:
-    """Verification + Storage + Query/Retrieve SCP on ``settings.dicom`` (host, port, AE title).
+    """Verification + Storage + Query/Retrieve + MPPS SCP on ``settings.dicom`` (host, port,
+    AE title).
 
     ``start()`` / ``stop()``; ``port`` is the bound port (useful with port 0).
     """
