@@ -232,3 +232,29 @@ def test_mpps_faults_and_bad_input_on_a_running_platform(tmp_path):
     finally:
         rc = platform.stop()
         assert rc == 0, platform.text()[-3000:]
+
+
+def test_an_acknowledged_mpps_survives_kill_9(tmp_path):
+    """N-CREATE and N-SET COMPLETED acknowledged, then the server is killed with -9 before any
+    image arrived: after the restart the step is still there, waiting, and its images route it."""
+    cfg = platform_config(tmp_path / "hf", stable_after_s=3.0)
+    platform = Platform(cfg).start()
+    try:
+        files, _ = demo_ct(tmp_path / "ct", seed=51, patient="MPPS^KILL")
+        files = files[:6]
+        uid = generate_uid()
+        with Modality(platform.dicom_port) as m:
+            assert m.create(create_attrs(study_of(files)), uid)[0] == 0
+            assert m.set(uid, final_mods("COMPLETED", performed_series(files)))[0] == 0
+        platform.kill9()
+        platform = Platform(cfg, log=tmp_path / "serve2.log").start()
+        step = steps(cfg)[uid]
+        assert (step["state"], step["trigger_state"], step["n_referenced"]) == \
+            ("COMPLETED", "waiting", 6)
+        storescu(platform.dicom_port, files)
+        assert wait_until(lambda: steps(cfg)[uid]["trigger_state"] == "fired", timeout=30), \
+            platform.text()[-3000:]
+        assert steps(cfg)[uid]["route_outcome"] == "no-rule"
+    finally:
+        rc = platform.stop()
+        assert rc == 0, platform.text()[-3000:]

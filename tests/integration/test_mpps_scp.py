@@ -205,7 +205,8 @@ def test_mpps_goes_to_pynetdicom_storage_stays_lean_and_both_mix(node_factory, c
     assert _audit(node, "C-STORE")
 
 
-def test_on_postgresql_concurrent_n_sets_apply_once(node_factory, postgres, ct, tmp_path):  # noqa: F811
+def test_on_postgresql_concurrent_n_sets_apply_once(node_factory, postgres, ct,  # noqa: F811
+                                                    tmp_path):
     """On a PostgreSQL index, modalities racing to end the same step: exactly one N-SET
     COMPLETED wins (the row is locked for the update); the others get A710; then the trigger's
     pass routes it once."""

@@ -125,7 +125,8 @@ def _store(archive, cts) -> None:  # noqa: ANN001
     assert all(o.status == "stored" for o in out)
 
 
-def _complete(archive, study: str, series: list[Dataset], state: str = "COMPLETED") -> str:  # noqa: ANN001
+def _complete(archive, study: str, series: list[Dataset],  # noqa: ANN001
+              state: str = "COMPLETED") -> str:
     uid = generate_uid()
     assert mpps.n_create(archive, create_attrs(study), uid, **SOURCE).ok
     assert mpps.n_set(archive, uid, final_mods(state, series), **SOURCE).ok
