@@ -231,3 +231,16 @@ def test_api_and_console_page(archive) -> None:  # noqa: ANN001
         page = c.get("/mpps", headers=rad)
         assert page.status_code == 200 and "2 missing" in page.text
         assert 'href="/mpps"' in page.text and "mismatch-summary" in page.text
+
+
+def test_a_flagged_mismatch_is_not_rewritten_every_pass(archive) -> None:  # noqa: ANN001
+    lost = generate_uid()
+    empty = Dataset()
+    empty.SeriesInstanceUID = generate_uid()
+    empty.ReferencedImageSequence = []
+    uid = _complete(archive, lost, [empty])
+    enabled, later = utcnow() - timedelta(hours=1), utcnow() + timedelta(seconds=61)
+    assert route_mpps(archive, enabled=enabled, now=later) == [(uid, "mismatch")]
+    before = mpps.get_mpps(archive, uid).updated_at
+    assert route_mpps(archive, enabled=enabled, now=later) == []
+    assert mpps.get_mpps(archive, uid).updated_at == before

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, select
 
 from hounsfield.archive.models import Instance, Series, Study, utcnow
 from hounsfield.deploy.pipeline import Fired, Trigger, _record, fire
@@ -53,13 +53,17 @@ def route_mpps(archive, *, enabled: datetime,  # noqa: ANN001
     now = now or utcnow()
     cfg = archive.settings.mpps
     watch_from = now - timedelta(hours=cfg.late_arrival_h)
+    cols = (PPS.id, PPS.sop_instance_uid, PPS.trigger_state, PPS.ended_at, PPS.calling_ae,
+            PPS.n_referenced, PPS.n_missing, PPS.study_uids)
     with archive.session() as s:
-        rows = s.execute(
-            select(PPS.id, PPS.sop_instance_uid, PPS.trigger_state, PPS.ended_at,
-                   PPS.calling_ae, PPS.n_referenced, PPS.n_missing, PPS.study_uids)
-            .where(PPS.state == COMPLETED, PPS.trigger_state.in_(WATCHED))
-            .where(or_(PPS.trigger_state == "waiting", PPS.ended_at >= watch_from))
-            .order_by(PPS.id).limit(500)).all()
+        # the waiting ones oldest first; the mismatched ones still watched newest first
+        rows = s.execute(select(*cols).where(PPS.state == COMPLETED,
+                                             PPS.trigger_state == "waiting")
+                         .order_by(PPS.id).limit(500)).all()
+        rows += s.execute(select(*cols).where(PPS.state == COMPLETED,
+                                              PPS.trigger_state == "mismatch",
+                                              PPS.ended_at >= watch_from)
+                          .order_by(PPS.id.desc()).limit(200)).all()
         if not rows:
             return []
         missing = dict(s.execute(
@@ -72,23 +76,22 @@ def route_mpps(archive, *, enabled: datetime,  # noqa: ANN001
     for r in rows:
         ended = _aware(r.ended_at) if r.ended_at else now
         n_missing = missing.get(r.id, 0)
-        studies = _studies(archive, r.id, r.study_uids, r.n_referenced)
-        if n_missing == 0 and studies and ended < enabled:
+        studies = _studies(archive, r.id, r.study_uids, r.n_referenced) if not n_missing else []
+        absent = [f"study {u}" for u in r.study_uids] if not (n_missing or studies) else []
+        n_missing = n_missing or len(absent)  # nothing referenced, the study not here either
+        if not n_missing and ended < enabled:
             _mark(archive, r.id, trigger_state="back-catalogue", n_missing=0, missing=[],
                   note="ended before the clinical pipeline was enabled: not routed "
                        "automatically (run-ai routes it on request)")
             done.append((r.sop_instance_uid, "back-catalogue"))
-        elif n_missing == 0 and studies:
+        elif not n_missing:
             outcome = _fire(archive, r, studies, now)
             if outcome:
                 done.append((r.sop_instance_uid, outcome))
         elif (now - ended).total_seconds() >= cfg.mismatch_wait_s and (
                 r.trigger_state == "waiting" or n_missing != r.n_missing):
-            uids = _missing_uids(archive, r.id)
-            if not studies:  # nothing referenced and the scheduled study never arrived
-                uids, n_missing = uids or [f"study {u}" for u in r.study_uids], \
-                    n_missing or len(r.study_uids)
-            _mark(archive, r.id, trigger_state="mismatch", n_missing=n_missing, missing=uids,
+            _mark(archive, r.id, trigger_state="mismatch", n_missing=n_missing,
+                  missing=absent or _missing_uids(archive, r.id),
                   note=f"{n_missing} referenced instance(s) not received "
                        f"{cfg.mismatch_wait_s:g} s after COMPLETED")
             if r.trigger_state == "waiting":
