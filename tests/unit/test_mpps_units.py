@@ -244,3 +244,30 @@ def test_a_flagged_mismatch_is_not_rewritten_every_pass(archive) -> None:  # noq
     before = mpps.get_mpps(archive, uid).updated_at
     assert route_mpps(archive, enabled=enabled, now=later) == []
     assert mpps.get_mpps(archive, uid).updated_at == before
+
+
+def test_cli_mpps_list_and_show(archive) -> None:  # noqa: ANN001
+    import json
+
+    from typer.testing import CliRunner
+
+    from hounsfield.cli.main import app
+
+    cts = ct_series(2, 16, seed="mpps-cli")
+    uid = _complete(archive, str(cts[0].StudyInstanceUID), _series_item(cts))
+    base = ["--data-dir", str(archive.settings.data_dir), "--profile", "demo", "mpps"]
+    runner = CliRunner()
+    r = runner.invoke(app, [*base, "list", "--json"])
+    assert r.exit_code == 0, r.output
+    (got,) = json.loads(r.output)
+    assert (got["sop_instance_uid"], got["trigger_state"], got["n_referenced"]) == \
+        (uid, "waiting", 2)
+    r = runner.invoke(app, [*base, "list", "--state", "DISCONTINUED", "--json"])
+    assert r.exit_code == 0 and json.loads(r.output) == []
+    r = runner.invoke(app, [*base, "list"])
+    assert r.exit_code == 0 and "waiting" in r.output
+    r = runner.invoke(app, [*base, "show", uid])
+    assert r.exit_code == 0 and json.loads(r.output)["dataset"]["00400252"]["Value"] == \
+        ["COMPLETED"]
+    r = runner.invoke(app, [*base, "show", generate_uid()])
+    assert r.exit_code == 2 and "no MPPS" in r.output
