@@ -412,6 +412,17 @@ class DeploySettings(BaseModel):
         default=None, description="routing rules YAML file; default <data_dir>/rules.yaml")
 
 
+class MppsSettings(BaseModel):
+    """Modality Performed Procedure Step (PS3.4 Annex F) as a trigger — see docs/howto/mpps.md."""
+
+    mismatch_wait_s: float = Field(default=300.0, gt=0, description=(
+        "a COMPLETED MPPS whose referenced instances have not all arrived this long after the "
+        "N-SET is flagged 'mismatch' (console, /api/mpps) with the missing SOP Instance UIDs"))
+    late_arrival_h: float = Field(default=168.0, gt=0, description=(
+        "a mismatched MPPS is still watched this long: if its missing instances arrive, the "
+        "study is routed then"))
+
+
 class Settings(BaseSettings):
     """All of Hounsfield's configuration."""
 
@@ -440,6 +451,7 @@ class Settings(BaseSettings):
     export: ExportSettings = Field(default_factory=ExportSettings)
     deploy: DeploySettings = Field(default_factory=DeploySettings)
     ups: UpsSettings = Field(default_factory=UpsSettings)
+    mpps: MppsSettings = Field(default_factory=MppsSettings)
 
     @field_validator("data_dir")
     @classmethod

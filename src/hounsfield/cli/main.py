@@ -17,6 +17,7 @@ from hounsfield.cli import (
     evaluate_cmds,
     imaging_cmds,
     job_cmds,
+    mpps_cmds,
     route_cmds,
     synth_cmds,
     web_cmds,
@@ -64,3 +65,4 @@ evaluate_cmds.register(app)
 ai_cmds.register(app)
 job_cmds.register(app)
 route_cmds.register(app)
+mpps_cmds.register(app)

@@ -68,7 +68,7 @@ class RouteEvent(Base):
     study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
     trigger: Mapped[str] = mapped_column(String(32))
     actor: Mapped[str] = mapped_column(String(128), default="")
-    #: job | unchanged | no-rule | no-series | error
+    #: job | unchanged | no-rule | no-series | error | discontinued (MPPS, not routed)
     outcome: Mapped[str] = mapped_column(String(16))
     rule: Mapped[str] = mapped_column(String(128), default="")
     job_id: Mapped[str] = mapped_column(String(64), default="")

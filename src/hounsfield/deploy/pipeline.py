@@ -47,7 +47,7 @@ class Trigger:
     fired twice is one decision (a crashed router re-fires safely)."""
 
     study_instance_uid: str
-    kind: str                      # stable | manual | api | console (mpps, ups: next issue)
+    kind: str                      # stable | mpps | manual | api | console (ups: next)
     key: str = ""
     actor: str = "system"
 
