@@ -161,6 +161,7 @@ def build_gsps(src: SourceSeries, findings: list[MeasuredFinding], model: AIMode
     gsps.SeriesDescription = series_description(model, "nodules GSPS")
     # General Series Laterality is Type 2C (paired body parts only): name the unpaired part
     gsps.BodyPartExamined = str(refs[0].get("BodyPartExamined", "") or "CHEST")
+    gsps.SpecificCharacterSet = "ISO_IR 192"  # our texts and any patient name
     stamp_time(gsps, when)
     del gsps.ContentDate, gsps.ContentTime  # a presentation state has creation date/time
     gsps.PresentationCreationDate = when.strftime("%Y%m%d")

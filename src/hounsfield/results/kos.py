@@ -64,6 +64,7 @@ def _finish(kos: Dataset, model: AIModel, what: str, when: dt.datetime) -> Datas
     kos.SeriesDescription = series_description(model, what)
     kos.ManufacturerModelName = model.name
     kos.SoftwareVersions = model.software_versions
+    kos.SpecificCharacterSet = "ISO_IR 192"  # our texts and any patient name
     stamp_time(kos, when)
     return kos
 
@@ -133,5 +134,4 @@ def build_rejection_note(superseded: Sequence[Dataset], model: AIModel, *, input
         manufacturer=model.manufacturer,
         contributing_equipment=[contributing_equipment(
             model, when, "IOCM rejection note: superseded AI results withdrawn")])
-    kos.SpecificCharacterSet = "ISO_IR 192"
     return _finish(kos, model, "rejection note", when)

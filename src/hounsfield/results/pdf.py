@@ -261,5 +261,6 @@ def build_pdf(src: SourceSeries, findings: list[MeasuredFinding], model: AIModel
             sr_codes.DCM.SourceImageForImageProcessingOperation)]
         items.append(item)
     ds.SourceInstanceSequence = items
+    ds.SpecificCharacterSet = "ISO_IR 192"  # our texts and any patient name
     stamp_time(ds, when)
     return ds
