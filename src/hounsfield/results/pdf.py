@@ -25,6 +25,7 @@ import datetime as dt
 import io
 import unicodedata
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import highdicom as hd
@@ -36,7 +37,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from hounsfield import __version__
 from hounsfield.results.equipment import AIModel, contributing_equipment, series_description
 from hounsfield.results.findings import MeasuredFinding
-from hounsfield.results.sc import _key_outlines, label_text, render
+from hounsfield.results.sc import key_outlines, label_text, render
 from hounsfield.results.source import SourceSeries, stamp_time
 from hounsfield.results.uids import derive_uid
 
@@ -67,13 +68,16 @@ def unicode_font(candidates: Sequence[tuple[str, str]] = FONT_CANDIDATES) -> tup
     return None
 
 
-def _coverage(paths: Sequence[str]) -> set[int]:
+@lru_cache(maxsize=16)
+def _cmap(path: str) -> frozenset[int]:
     from fontTools.ttLib import TTFont
 
-    out: set[int] = set()
-    for p in paths:
-        out.update(TTFont(p, fontNumber=0, lazy=True).getBestCmap() or {})
-    return out
+    return frozenset(TTFont(path, fontNumber=0, lazy=True).getBestCmap() or {})
+
+
+def _coverage(paths: Sequence[str]) -> set[int]:
+    """The code points the fonts ``paths`` have glyphs for."""
+    return set().union(*(_cmap(p) for p in paths))
 
 
 def transliterate(text: str) -> str:
@@ -99,7 +103,7 @@ def _person(value: object) -> str:
 
 
 def _key_jpeg(src: SourceSeries, f: MeasuredFinding) -> bytes:
-    rgb, _scale = render(src, f.slice_k, _key_outlines(src, f), [label_text(f)])
+    rgb, _scale = render(src, f.slice_k, key_outlines(src, f), [label_text(f)])
     img = Image.fromarray(rgb)
     if max(img.size) > KEY_IMAGE_PX:
         img.thumbnail((KEY_IMAGE_PX, KEY_IMAGE_PX), Image.LANCZOS)
