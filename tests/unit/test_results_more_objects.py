@@ -1,6 +1,7 @@
 """GSPS, Key Object Selection, Encapsulated PDF and the IOCM rejection note (results/), built
-from a synthetic chest CT with known nodules, checked with dciodvfy (dicom3tools), pypdf (the
-PDF's text) and against the source slices they must reference."""
+from a synthetic chest CT with known nodules, checked with dciodvfy (dicom3tools), DCMTK's
+dcmpschk / dcmp2pgm (the GSPS) and dsrdump (the KOS), pypdf (the PDF's text) and against the
+source slices they must reference."""
 
 from __future__ import annotations
 
@@ -299,3 +300,53 @@ def test_rejection_note_lists_the_superseded_objects(rs, ct, model, key, tmp_pat
     other.SOPInstanceUID = "2.25.43"
     with pytest.raises(InvalidInput):
         build_rejection_note([old[0], other], model, input_key="k", when=WHEN)
+
+
+# -- dcmtk reads the presentation state ---------------------------------------------------------
+@pytest.mark.skipif(not (shutil.which("dcmpschk") and shutil.which("dcmp2pgm")),
+                    reason="dcmtk's dcmpschk / dcmp2pgm not installed")
+def test_dcmtk_checks_and_applies_the_gsps(rs, ct, tmp_path):
+    """dcmpschk (DCMTK's presentation-state checker) finds nothing wrong but the values it
+    cannot read: its VR checker knows only the default repertoire, and our texts and the
+    patient's names are UTF-8.  dcmp2pgm applies the GSPS to its first slice: the display is the
+    slice's own window (the GSPS keeps the source series' window)."""
+    import subprocess
+
+    (gsps,) = rs.of_kind("GSPS")
+    ps = tmp_path / "gsps.dcm"
+    ps.write_bytes(part10(gsps))
+    out = subprocess.run(["dcmpschk", str(ps)], capture_output=True, timeout=60)
+    text = (out.stdout + out.stderr).decode("utf-8", "replace")
+    blocks = text.split("E: Error:")[1:]
+    for block in blocks:
+        value = next((ln for ln in block.splitlines() if "Attribute value   :" in ln), "")
+        assert "does not conform to data type definition" in block and \
+            any(ord(ch) > 127 for ch in value), block
+    uid = str(gsps.GraphicAnnotationSequence[0].ReferencedImageSequence[0]
+              .ReferencedSOPInstanceUID)
+    img = tmp_path / "slice.dcm"
+    img.write_bytes(part10(next(d for d in ct.datasets if str(d.SOPInstanceUID) == uid)))
+    with_ps, plain = tmp_path / "ps.pgm", tmp_path / "plain.pgm"
+    r = subprocess.run(["dcmp2pgm", "-p", str(ps), str(img), str(with_ps)], capture_output=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    subprocess.run(["dcmp2pgm", str(img), str(plain)], check=True, capture_output=True,
+                   timeout=60)
+    assert with_ps.read_bytes() == plain.read_bytes()
+
+
+@pytest.mark.skipif(not shutil.which("dsrdump"), reason="dcmtk's dsrdump not installed")
+def test_dsrdump_reads_the_kos_and_the_rejection_note(rs, model, tmp_path):
+    import subprocess
+
+    (kos,) = rs.of_kind("KOS")
+    note = build_rejection_note([o.dataset for o in rs.objects], model, input_key="new",
+                                when=WHEN)
+    for ds, title in ((kos, "Of Interest"), (note, "Rejected for Quality Reasons")):
+        p = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+        p.write_bytes(part10(ds))
+        out = subprocess.run(["dsrdump", "+Pl", "+Pu", str(p)], capture_output=True, timeout=60)
+        text = out.stdout.decode("utf-8", "replace")
+        assert out.returncode == 0, out.stderr
+        assert "Key Object Selection Document" in text and title in text
+        assert "not reviewed" in text or "withdrawn" in text
