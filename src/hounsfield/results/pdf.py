@@ -132,12 +132,19 @@ def render_pdf(src: SourceSeries, findings: list[MeasuredFinding], model: AIMode
     if font:
         pdf.add_font("body", "", font[0])
         pdf.add_font("body", "B", font[1])
-        extra = [p for p in fallbacks if Path(p).is_file() and not p.endswith(".ttc")]
+        # a fallback font (CJK: ~4 MB to parse) only for characters the main font lacks, in
+        # the texts that come from the data (names, descriptions)
+        data_text = "".join(str(first.get(k, "") or "") for k in (
+            "PatientName", "PatientID", "AccessionNumber", "StudyDescription",
+            "SeriesDescription")) + model.label
+        lacking = {ord(ch) for ch in data_text} - _cmap(font[0])
+        extra = [p for p in fallbacks if lacking and Path(p).is_file()
+                 and not p.endswith(".ttc") and lacking & _cmap(p)]
         for i, p in enumerate(extra):
             pdf.add_font(f"fallback{i}", "", p)
-            pdf.add_font(f"fallback{i}", "B", p)
         if extra:
-            pdf.set_fallback_fonts([f"fallback{i}" for i in range(len(extra))])
+            pdf.set_fallback_fonts([f"fallback{i}" for i in range(len(extra))],
+                                   exact_match=False)
         covered = _coverage([font[0], *extra])
         family = "body"
     else:
