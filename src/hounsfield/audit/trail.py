@@ -45,6 +45,7 @@ class Action(StrEnum):
     MODEL_PROMOTE = "MODEL-PROMOTE"
     MODEL_DEMOTE = "MODEL-DEMOTE"
     MODEL_ROLLBACK = "MODEL-ROLLBACK"
+    STORAGE_COMMITMENT = "STORAGE-COMMITMENT"
 
 
 #: action -> (EventID as "code meaning", EventActionCode)
@@ -64,6 +65,7 @@ EVENT_IDS: dict[Action, tuple[str, str]] = {
     Action.LOGIN: ("110114 User Authentication", "E"),
     Action.LOGOUT: ("110114 User Authentication", "E"),
     Action.DELETE: ("110105 DICOM Study Deleted", "D"),
+    Action.STORAGE_COMMITMENT: ("110103 DICOM Instances Accessed", "R"),
     Action.AI_JOB: ("110100 Application Activity", "E"),
     # which model version clinical routing uses is a software configuration change
     # (PS3.15 A.5.3.11 Security Alert, EventTypeCode 110131 "Software Configuration")

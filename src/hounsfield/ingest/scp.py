@@ -42,6 +42,7 @@ from pynetdicom.sop_class import (
 from hounsfield import audit
 from hounsfield.archive.archive import Archive
 from hounsfield.archive.parse import parse_part10
+from hounsfield.dicom import commitment as sc
 from hounsfield.dicom import status as st
 from hounsfield.dicom.transfer import (
     STORABLE,
@@ -52,6 +53,7 @@ from hounsfield.dicom.transfer import (
 )
 from hounsfield.errors import ConfigurationError, DatasetMismatch, HounsfieldError
 from hounsfield.ingest import lean, qr, reactor
+from hounsfield.ingest.commitment import CommitmentService, ReportSink
 from hounsfield.ingest.committer import GroupCommitter
 from hounsfield.ingest.security import admit, nodelay, server_tls
 
@@ -119,7 +121,10 @@ class DicomNode:
 
     name = "dicom"
 
-    def __init__(self, archive: Archive, *, committer: GroupCommitter | None = None) -> None:
+    def __init__(self, archive: Archive, *, committer: GroupCommitter | None = None,
+                 commitment_reports: ReportSink | None = None) -> None:
+        """``commitment_reports``: where Storage Commitment reports for our own requests go
+        (``hounsfield.pacs.commitment.record_report``); see :mod:`hounsfield.ingest.commitment`."""
         self.archive = archive
         self.settings = archive.settings
         self.committer = committer or GroupCommitter(
@@ -132,6 +137,7 @@ class DicomNode:
         self.lean_associations = 0  # connections served on the lean path (for tests, stats)
         self._lean_syntaxes = ({str(s) for s in STORAGE_SOP_CLASSES} | {str(Verification)}
                                | set(_FIND))
+        self.commitment = CommitmentService(archive, report_sink=commitment_reports)
         self.ae = self._make_ae()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -151,6 +157,9 @@ class DicomNode:
             ae.add_supported_context(sop, syntaxes, scu_role=True, scp_role=True)
         for sop in (*_FIND, *_RETRIEVE):
             ae.add_supported_context(sop, plain)
+        # Storage Commitment Push Model: as SCP, and as SCU receiving reports on a new
+        # association (the PACS proposes role selection with itself as SCP)
+        ae.add_supported_context(sc.PUSH_MODEL, plain, scu_role=True, scp_role=True)
         return ae
 
     def start(self) -> None:
@@ -166,6 +175,8 @@ class DicomNode:
             (evt.EVT_C_FIND, self._on_find),
             (evt.EVT_C_MOVE, self._on_move),
             (evt.EVT_C_GET, self._on_get),
+            (evt.EVT_N_ACTION, self.commitment.on_n_action),
+            (evt.EVT_N_EVENT_REPORT, self.commitment.on_n_event_report),
         ]
         try:
             self._server = self.ae.make_server(
@@ -201,6 +212,7 @@ class DicomNode:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        self.commitment.stop()
         self._flush_all()
         if self._own_committer:
             self.committer.stop()
