@@ -308,3 +308,61 @@ def test_report_for_unknown_transaction_is_refused(tmp_path):
     finally:
         node.stop()
         archive.close()
+
+
+# -- SCU: a PACS that reports on the same association (pynetdicom as the PACS) ----------------
+def test_report_on_the_same_association(tmp_path):
+    """A PACS (pynetdicom, not our code) that stores, then answers the N-ACTION and sends the
+    N-EVENT-REPORT on the same association while we hold it open."""
+    import threading
+
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom.sop_class import SegmentationStorage
+
+    held: set[str] = set()
+
+    def on_store(event):  # noqa: ANN001, ANN202
+        held.add(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    def on_action(event):  # noqa: ANN001, ANN202
+        txn, refs = sc.parse_action(event.action_information)
+        rep = sc.Report(txn, [r for r in refs if r.sop_instance_uid in held],
+                        [sc.Ref(r.sop_class_uid, r.sop_instance_uid, sc.NO_SUCH_OBJECT)
+                         for r in refs if r.sop_instance_uid not in held])
+        assoc = event.assoc
+
+        def report():  # noqa: ANN202
+            assoc.send_n_event_report(sc.event_information(rep), rep.event_type,
+                                      sc.PUSH_MODEL, sc.WELL_KNOWN_INSTANCE)
+
+        threading.Thread(target=report, daemon=True).start()
+        return 0x0000, None
+
+    pacs = AE(ae_title="PYPACS")
+    pacs.add_supported_context(sc.PUSH_MODEL)
+    plain = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    pacs.add_supported_context(SegmentationStorage, plain)
+    pacs.add_supported_context("1.2.840.10008.5.1.4.1.1.88.34", plain)  # Comprehensive 3D SR
+    port = free_port()
+    server = pacs.start_server(("127.0.0.1", port), block=False, evt_handlers=[
+        (evt.EVT_C_STORE, on_store), (evt.EVT_N_ACTION, on_action)])
+    archive, uid, node = make(tmp_path, destinations={"pacs": {
+        "kind": "dimse", "ae_title": "PYPACS", "host": "127.0.0.1", "port": port,
+        "profile": "ai-ready", "storage_commitment": True, "commitment_hold_s": 10}})
+    try:
+        assert deliver(archive, [uid["SEG"], uid["SR"]], "pacs").sent == 2
+        held.discard(uid["SR"])  # "lost" after the C-STORE response
+        req = commitment.request(archive, "pacs", [uid["SEG"], uid["SR"]])
+        assert req.outcome == "sent" and req.state == "partial", req
+        st = commitment.status(archive, req.transaction_uid)
+        assert st["committed"] == 1 and st["failed"][0]["sop_instance_uid"] == uid["SR"]
+        with archive.session() as s:
+            from hounsfield.pacs.models import CommitmentRequest
+
+            assert s.scalars(select(CommitmentRequest)).one().report_via == "same"
+        assert pending(archive, [uid["SEG"], uid["SR"]], "pacs") == [uid["SR"]]
+    finally:
+        server.shutdown()
+        node.stop()
+        archive.close()
