@@ -57,6 +57,7 @@ def test_job_done_only_after_commitment_and_lost_object_resent(tmp_path):
         job = jobs[0]
         assert job["state"] == "done", (job, platform.text()[-3000:])
         log = "\n".join(job["log"])
+        print(log)  # the job log, for the how-to
         results = {r["sop_instance_uid"] for r in job["results"]
                    if r["kind"].split("-")[0] in ("SEG", "SR")}
         (sr,) = [r["sop_instance_uid"] for r in job["results"] if r["kind"].startswith("SR")]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
@@ -136,15 +137,20 @@ def _send_action(archive: Archive, dest: DimseDestination, node, txn: str,  # no
                 + (f" ({comment})" if comment else "")) if code >= 0 else
                 f"no N-ACTION response from {label(node)} (association aborted or DIMSE "
                 "timeout)")
-        reported.wait(dest.commitment_hold_s)
+        # hold the association for a report on it; stop early once one came by any path
+        deadline = time.monotonic() + dest.commitment_hold_s
+        while not reported.wait(min(0.1, max(deadline - time.monotonic(), 0))):
+            if time.monotonic() >= deadline or status(archive, txn)["final"]:
+                break
     finally:
         if assoc.is_established:
             assoc.release()
     state = status(archive, txn)["state"]
+    via = (", reported on the same association" if reported.is_set() else
+           ", reported on a new association" if state != "pending" else "")
     return Requested("sent", txn, len(todo), state=state,
                      detail=f"N-ACTION {txn} accepted by {label(node)} for {len(todo)} "
-                            "object(s)" + (", reported on the same association"
-                                           if state != "pending" else ""))
+                            f"object(s){via}")
 
 
 def _refused(archive: Archive, txn: str, code: int, why: str) -> Requested:
