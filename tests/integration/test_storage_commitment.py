@@ -211,6 +211,11 @@ def test_orthanc_asks_hounsfield_for_commitment(tmp_path):
 
             events = [e for e in audit_query(s, limit=50) if e.action == "STORAGE-COMMITMENT"]
             assert any("N-EVENT-REPORT" in e.detail and "2 failed" in e.detail for e in events)
+            from hounsfield.ingest.commitment_models import CommitmentInbound
+
+            rows = s.scalars(select(CommitmentInbound).order_by(CommitmentInbound.id)).all()
+            assert [(r.state, r.via, r.n_committed, r.n_failed) for r in rows] == [
+                ("reported", "new", 2, 2), ("reported", "new", 2, 0)]
     finally:
         node.stop()
         archive.close()
@@ -365,4 +370,46 @@ def test_report_on_the_same_association(tmp_path):
     finally:
         server.shutdown()
         node.stop()
+        archive.close()
+
+
+def test_a_promised_report_is_sent_after_a_restart(tmp_path):
+    """An N-ACTION answered before the node stopped: the report goes out when it starts."""
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    from hounsfield.ingest.commitment_models import CommitmentInbound
+
+    got: list = []
+
+    def on_report(event):  # noqa: ANN001, ANN202
+        got.append(sc.parse_report(event.event_information, event.request.EventTypeID))
+        return 0x0000, None
+
+    modality = AE(ae_title="MODALITY")
+    modality.add_supported_context(sc.PUSH_MODEL, [ExplicitVRLittleEndian,
+                                                   ImplicitVRLittleEndian],
+                                   scu_role=True, scp_role=True)
+    mport = free_port()
+    server = modality.start_server(("127.0.0.1", mport), block=False,
+                                   evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    archive, uid, node = make(tmp_path, remotes={"ct": {
+        "ae_title": "MODALITY", "host": "127.0.0.1", "port": mport}})
+    try:
+        node.stop()  # the node is down; a request it answered before is still owed a report
+        txn = generate_uid()
+        node.commitment._remember(sc.Report(txn, [sc.Ref(CT, uid["CT0"])]), "MODALITY",
+                                  "MODALITY@127.0.0.1")
+        again = DicomNode(archive, commitment_reports=commitment.record_report)
+        again.start()
+        try:
+            assert wait_until(lambda: bool(got), 20), "no report after the restart"
+            assert got[0].transaction_uid == txn
+            assert [r.sop_instance_uid for r in got[0].committed] == [uid["CT0"]]
+            with archive.session() as s:
+                assert wait_until(lambda: s.scalars(select(CommitmentInbound.state))
+                                  .all() == ["reported"], 10)
+        finally:
+            again.stop()
+    finally:
+        server.shutdown()
         archive.close()

@@ -6,9 +6,12 @@ Referenced SOP Sequence, a calling AE title we can report to) and answered at on
 referenced instance is looked up in the archive — present with the same SOP class: committed
 (an instance is in the index only once it is fsynced, so it is safe); absent: Failure Reason
 0x0112 "no such object instance"; present with another SOP class: 0x0119 "class / instance
-conflict" — and the N-EVENT-REPORT goes back on the same association if the requester kept it
+conflict" — the request and that result are written (``commitment_inbound``) before the
+N-ACTION is answered, and the N-EVENT-REPORT goes back on the same association if the requester kept it
 open, otherwise on a new association to the requester (``dicom.remotes`` entry with its AE
-title), proposing SCP/SCU role selection with us as SCP.  Every request and report is audited.
+title), proposing SCP/SCU role selection with us as SCP.  A report not sent when the node
+stops is sent when it starts again (:meth:`CommitmentService.resume`).  Every request and
+report is audited.
 
 As **SCU's receiver** (we asked a PACS, :mod:`hounsfield.pacs.commitment`): an N-EVENT-REPORT
 arriving on a new association is parsed and handed to the report sink the node was built with
@@ -33,11 +36,12 @@ from sqlalchemy import select
 
 from hounsfield import audit
 from hounsfield.archive.archive import Archive
-from hounsfield.archive.models import Instance
+from hounsfield.archive.models import Instance, utcnow
 from hounsfield.config import RemoteNode
 from hounsfield.dicom import commitment as sc
 from hounsfield.dicom import status as st
 from hounsfield.errors import InvalidInput
+from hounsfield.ingest.commitment_models import CommitmentInbound
 from hounsfield.ingest.security import client_tls, nodelay
 
 log = logging.getLogger(__name__)
@@ -115,15 +119,66 @@ class CommitmentService:
             return _status(code, why), None
         rep = check(self.archive, refs)
         rep.transaction_uid = txn
+        try:  # the promise to report is durable before it is made
+            row_id = self._remember(rep, calling, peer)
+        except Exception as exc:  # noqa: BLE001 - no promise then: a failure status
+            log.error("cannot record the Storage Commitment request from %s: %s", peer, exc)
+            return _status(st.PROCESSING_FAILURE, f"cannot record the request: {exc}"), None
         self._audit(calling, peer, audit.Outcome.SUCCESS,
                     f"N-ACTION {txn}: {len(refs)} instance(s) to check, {len(rep.committed)} "
                     f"held, {len(rep.failed)} not")
-        t = threading.Thread(target=self._report, args=(assoc, remote, rep, calling, peer),
-                             name=f"commit-report-{txn[-8:]}", daemon=True)
+        self._spawn(assoc, remote, rep, calling, peer, row_id)
+        return _status(st.SUCCESS), None
+
+    def _spawn(self, assoc: Association | None, remote: RemoteNode, rep: sc.Report,
+               calling: str, peer: str, row_id: int) -> None:
+        t = threading.Thread(target=self._report, args=(assoc, remote, rep, calling, peer,
+                                                        row_id),
+                             name=f"commit-report-{rep.transaction_uid[-8:]}", daemon=True)
         with self._lock:
             self._threads.add(t)
         t.start()
-        return _status(st.SUCCESS), None
+
+    def _remember(self, rep: sc.Report, calling: str, peer: str) -> int:
+        row = CommitmentInbound(
+            transaction_uid=rep.transaction_uid, calling_ae=calling[:16], peer=peer[:128],
+            report={"committed": [[r.sop_class_uid, r.sop_instance_uid] for r in rep.committed],
+                    "failed": [[r.sop_class_uid, r.sop_instance_uid, r.reason]
+                               for r in rep.failed]},
+            n_committed=len(rep.committed), n_failed=len(rep.failed))
+        with self.archive.write_session() as s, s.begin():
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def _settle(self, row_id: int, state: str, via: str, attempts: int, detail: str) -> None:
+        with self.archive.write_session() as s, s.begin():
+            row = s.get(CommitmentInbound, row_id)
+            if row is not None:
+                row.state, row.via, row.detail = state, via, detail[:2000]
+                row.attempts += attempts
+                row.reported_at = utcnow() if state == "reported" else None
+
+    def resume(self) -> int:
+        """Send the reports a previous run promised and did not send (new associations);
+        returns how many.  Called when the node starts."""
+        with self.archive.session() as s:
+            rows = s.scalars(select(CommitmentInbound)
+                             .where(CommitmentInbound.state == "pending")).all()
+        for row in rows:
+            rep = sc.Report(row.transaction_uid,
+                            [sc.Ref(c, i) for c, i in row.report.get("committed", [])],
+                            [sc.Ref(c, i, r) for c, i, r in row.report.get("failed", [])])
+            remote = next((r for r in self.settings.dicom.remotes.values()
+                           if r.ae_title == row.calling_ae), None)
+            if remote is None:
+                self._settle(row.id, "undeliverable", "", 0, f"calling AE {row.calling_ae} "
+                             "is no longer in dicom.remotes")
+                continue
+            log.info("Storage Commitment: sending the report for %s to %s (promised before "
+                     "a restart)", row.transaction_uid, row.calling_ae)
+            self._spawn(None, remote, rep, row.calling_ae, row.peer, row.id)
+        return len(rows)
 
     def _validate(self, event: evt.Event, calling: str):  # noqa: ANN202
         req = event.request
@@ -154,29 +209,35 @@ class CommitmentService:
                                            "cannot send the commitment report to it")
         return st.SUCCESS, "", txn, refs, remote
 
-    def _report(self, assoc: Association, remote: RemoteNode, rep: sc.Report, calling: str,
-                peer: str) -> None:
+    def _report(self, assoc: Association | None, remote: RemoteNode, rep: sc.Report,
+                calling: str, peer: str, row_id: int) -> None:
+        how, code, detail, tries = "", -1, "", 0
         try:
             info = sc.event_information(rep)
-            how, code, detail = "", -1, ""
-            time.sleep(self.same_association_grace_s)
-            if assoc.is_established and assoc.is_alive():
-                code, detail = self._send_same(assoc, info, rep.event_type)
-                how = "same"
+            if assoc is not None:
+                time.sleep(self.same_association_grace_s)
+                if assoc.is_established and assoc.is_alive():
+                    code, detail = self._send_same(assoc, info, rep.event_type)
+                    how, tries = "same", 1
             if code < 0:
-                code, detail = self._send_new(remote, info, rep.event_type)
-                how = "new"
-            ok = code == st.SUCCESS
-            text = (f"N-EVENT-REPORT {rep.transaction_uid} ({how} association): "
-                    f"{len(rep.committed)} committed, {len(rep.failed)} failed"
-                    + ("" if ok else f"; not delivered: {detail}"))
-            (log.info if ok else log.warning)("Storage Commitment to %s: %s", peer, text)
-            self._audit(calling, peer, audit.Outcome.SUCCESS if ok else
-                        audit.Outcome.SERIOUS_FAILURE, text)
+                code, detail, n = self._send_new(remote, info, rep.event_type)
+                how, tries = "new", tries + n
         except Exception as exc:  # noqa: BLE001 - a reporting thread never takes the node down
             log.exception("Storage Commitment report to %s failed", peer)
-            self._audit(calling, peer, audit.Outcome.SERIOUS_FAILURE,
-                        f"N-EVENT-REPORT {rep.transaction_uid} not sent: {exc!r}")
+            code, detail = -1, repr(exc)
+        ok = code == st.SUCCESS
+        text = (f"N-EVENT-REPORT {rep.transaction_uid} ({how} association): "
+                f"{len(rep.committed)} committed, {len(rep.failed)} failed"
+                + ("" if ok else f"; not delivered: " + (
+                    detail if code < 0 else f"{remote.ae_title} answered 0x{code:04X} {detail}")))
+        (log.info if ok else log.warning)("Storage Commitment to %s: %s", peer, text)
+        try:
+            # a report the peer refused with a status was delivered: it will not take it again
+            stopped = code < 0 and self._stopping.is_set()
+            self._settle(row_id, "pending" if stopped else "reported" if code >= 0
+                         else "undeliverable", how, tries, text)
+            self._audit(calling, peer, audit.Outcome.SUCCESS if ok else
+                        audit.Outcome.SERIOUS_FAILURE, text)
         finally:
             with self._lock:
                 self._threads.discard(threading.current_thread())
@@ -192,12 +253,16 @@ class CommitmentService:
             return -1, "no response on the same association"
         return int(rsp.Status), str(rsp.get("ErrorComment", ""))
 
-    def _send_new(self, remote: RemoteNode, info: Dataset, event_type: int) -> tuple[int, str]:
+    def _send_new(self, remote: RemoteNode, info: Dataset,
+                  event_type: int) -> tuple[int, str, int]:
+        """(status, ErrorComment, attempts) of the report on a new association; status -1
+        when every attempt failed."""
         d = self.settings.dicom
         why = ""
+        attempt = 0
         for attempt, delay in enumerate((0.0, *self.report_retry_delays_s)):
             if delay and self._stopping.wait(delay):
-                return -1, f"node stopping; last error: {why}"
+                return -1, f"node stopping; last error: {why}", attempt
             ae = AE(ae_title=d.ae_title)
             ae.acse_timeout = d.acse_timeout_s
             ae.dimse_timeout = d.dimse_timeout_s
@@ -225,8 +290,8 @@ class CommitmentService:
             if rsp is None or "Status" not in rsp:
                 why = f"no N-EVENT-REPORT response from {remote.ae_title}"
                 continue
-            return int(rsp.Status), str(rsp.get("ErrorComment", ""))
-        return -1, why
+            return int(rsp.Status), str(rsp.get("ErrorComment", "")), attempt + 1
+        return -1, why, attempt + 1
 
     # -- SCU side: a report for a request of ours, on a new association ----------------------
     def on_n_event_report(self, event: evt.Event) -> tuple[Dataset, None]:

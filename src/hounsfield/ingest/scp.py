@@ -192,6 +192,7 @@ class DicomNode:
                                      f"{exc.strerror or exc}") from exc
         threading.Thread(target=self._server.serve_forever, name="dicom-acceptor",
                          daemon=True).start()
+        self.commitment.resume()
         log.info("DICOM node %s listening on %s:%d%s", d.ae_title, d.host, self.port,
                  " (TLS)" if d.tls_cert else "")
 
