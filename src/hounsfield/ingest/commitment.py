@@ -2,16 +2,15 @@
 
 As **SCP** (a peer asks us to commit what it sent): the N-ACTION "Request Storage Commitment"
 is checked (Requested SOP Class / Instance, Action Type ID, Transaction UID, a non-empty
-Referenced SOP Sequence, a calling AE title we can report to) and answered at once; then every
-referenced instance is looked up in the archive — present with the same SOP class: committed
-(an instance is in the index only once it is fsynced, so it is safe); absent: Failure Reason
-0x0112 "no such object instance"; present with another SOP class: 0x0119 "class / instance
-conflict" — the request and that result are written (``commitment_inbound``) before the
-N-ACTION is answered, and the N-EVENT-REPORT goes back on the same association if the requester kept it
-open, otherwise on a new association to the requester (``dicom.remotes`` entry with its AE
-title), proposing SCP/SCU role selection with us as SCP.  A report not sent when the node
-stops is sent when it starts again (:meth:`CommitmentService.resume`).  Every request and
-report is audited.
+Referenced SOP Sequence, a calling AE title we can report to).  Every referenced instance is
+looked up in the archive — present with the same SOP class: committed (an instance is in the
+index only once it is fsynced, so it is safe); absent: Failure Reason 0x0112 "no such object
+instance"; present with another SOP class: 0x0119 "class / instance conflict".  The request
+and that result are written (``commitment_inbound``), then the N-ACTION is answered, and the
+N-EVENT-REPORT goes back on the same association if the requester kept it open, otherwise on
+a new association to the requester (its ``dicom.remotes`` entry, by AE title), proposing
+SCP/SCU role selection with us as SCP.  A report not sent when the node stops is sent when it
+starts again (:meth:`CommitmentService.resume`).  Every request and report is audited.
 
 As **SCU's receiver** (we asked a PACS, :mod:`hounsfield.pacs.commitment`): an N-EVENT-REPORT
 arriving on a new association is parsed and handed to the report sink the node was built with
