@@ -96,3 +96,56 @@ def test_job_done_only_after_commitment_and_lost_object_resent(tmp_path):
             rc = platform.stop()
             assert rc == 0, platform.text()[-3000:]
         orthanc.stop()
+
+
+def test_never_committed_is_dead_after_the_last_attempt(tmp_path):
+    """Orthanc knows our AE title at an address where nothing listens, so its commitment
+    reports never arrive: each attempt times out (commitment_timeout_s), the objects are sent
+    again, and after the last attempt the job is dead with the reason; the delivery log shows
+    them stored but not acknowledged."""
+    hf_port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", modalities={
+        "hounsfield": ("HOUNSFIELD", "127.0.0.1", free_port())})  # reports go nowhere
+    orthanc.start()
+    platform = None
+    try:
+        dest = {"pacs": {"kind": "dimse", "ae_title": orthanc.aet, "host": "127.0.0.1",
+                         "port": orthanc.dicom_port, "profile": "ai-ready",
+                         "storage_commitment": True, "commitment_timeout_s": 2,
+                         "commitment_hold_s": 0.2,
+                         "retry": {"initial_delay_s": 0.5, "max_attempts": 2}}}
+        cfg = platform_config(tmp_path / "hf", destinations=dest, dicom_port=hf_port,
+                              profile="ai-ready")
+        platform = Platform(cfg).start()
+        files, _case = demo_ct(tmp_path / "ct", seed=6, patient="COMMIT^TWO", nodules=1)
+        from tests.dimse_peers import dcmtk
+
+        res = dcmtk("storescu", "-aec", "HOUNSFIELD", "127.0.0.1", str(hf_port),
+                    *map(str, files))
+        assert res.returncode == 0, res.stderr
+        jobs = wait_jobs(cfg, lambda js: any(j["state"] in ("done", "failed", "dead")
+                                             for j in js), timeout=300)
+        job = jobs[0]
+        log = "\n".join(job["log"])
+        print(log)
+        assert job["state"] == "dead", (job, platform.text()[-3000:])
+        assert "not committed after 2 attempt(s)" in job["error"], job["error"]
+        assert "pacs: attempt 2: 2 delivered" in log, log  # sent again: not acknowledged
+        assert log.count("timeout, 0 committed, 2 not committed") == 2, log
+        assert "no N-EVENT-REPORT from ORTHANC within 2 s" in job["error"], job["error"]
+
+        from hounsfield.pacs.export import acknowledged, stored
+
+        results = {r["sop_instance_uid"] for r in job["results"]
+                   if r["kind"].split("-")[0] in ("SEG", "SR")}
+        archive = open_archive(cfg)
+        try:
+            assert stored(archive, results, "pacs") == results
+            assert acknowledged(archive, results, "pacs") == set()
+        finally:
+            archive.close()
+    finally:
+        if platform:
+            rc = platform.stop()
+            assert rc == 0, platform.text()[-3000:]
+        orthanc.stop()

@@ -155,21 +155,43 @@ def test_instance_lost_before_commit_is_resent_then_committed(peers):
 
 
 def test_no_report_in_time_is_not_committed(tmp_path):
-    """A commitment the PACS cannot report (it does not know our node) times out: the
-    instances are not acknowledged and carry a COMMIT row with status -5."""
-    o = Orthanc(tmp_path / "orthanc").start()  # no modality for us: no report can come
+    """Orthanc accepts the request but cannot reach us to report (it knows our AE title at a
+    port where nothing listens): after the timeout the instances are not acknowledged and
+    carry a COMMIT row with status -5."""
+    o = orthanc_for(tmp_path, free_port())
+    archive, uid, node = make(tmp_path, destinations={"pacs": dest(o,
+                                                                  commitment_timeout_s=1)})
+    try:
+        results = [uid["SEG"], uid["SR"]]
+        assert deliver(archive, results, "pacs").sent == 2
+        req = commitment.request(archive, "pacs", results)
+        assert req.outcome == "sent" and req.state == "pending", req
+        st = commitment.expire(archive, req.transaction_uid)
+        assert st["state"] == "timeout" and len(st["failed"]) == 2, st
+        assert st["failed"][0]["reason"] == "no report in time"
+        assert acknowledged(archive, results, "pacs") == set()
+        assert pending(archive, results, "pacs") == results
+        with archive.session() as s:
+            rows = s.scalars(select(Delivery).where(Delivery.operation == "COMMIT")).all()
+            assert sorted(r.status for r in rows) == [sc.COMMIT_TIMEOUT] * 2
+    finally:
+        node.stop()
+        archive.close()
+        o.stop()
+
+
+def test_orthanc_refuses_a_request_from_an_unknown_modality(tmp_path):
+    """Orthanc aborts the N-ACTION of an AE it does not know: a transient failure of the
+    attempt (retried), the request recorded as refused."""
+    o = Orthanc(tmp_path / "orthanc").start()
     archive, uid, node = make(tmp_path, destinations={"pacs": dest(o)})
     try:
         results = [uid["SEG"], uid["SR"]]
         assert deliver(archive, results, "pacs").sent == 2
         req = commitment.request(archive, "pacs", results)
-        if req.outcome == "sent":  # Orthanc 1.10 accepts, then cannot find where to report
-            st = commitment.expire(archive, req.transaction_uid)
-        else:  # or refuses the N-ACTION from an unknown modality outright
-            st = commitment.status(archive, req.transaction_uid)
-        assert st["state"] in ("timeout", "refused"), st
+        assert req.outcome == "retry" and req.state == "refused", req
+        assert commitment.status(archive, req.transaction_uid)["state"] == "refused"
         assert acknowledged(archive, results, "pacs") == set()
-        assert pending(archive, results, "pacs") == results
     finally:
         node.stop()
         archive.close()

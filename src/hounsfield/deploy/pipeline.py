@@ -493,7 +493,8 @@ def export_workflow(job_id: str, destination: str, uids: list[dict]) -> dict:
                 return {"destination": destination, "ok": True, "attempts": attempt,
                         "seconds": t}
             # a delivery counts only once the PACS commits it (PS3.4 Annex J)
-            c = _commit_wait(job_id, destination, uids, attempt, dest.commitment_timeout_s)
+            c = _commit_wait(job_id, destination, uids, attempt, dest.commitment_timeout_s,
+                             last=policy.dead(attempt))
             if c["ok"]:
                 return {"destination": destination, "ok": True, "attempts": attempt,
                         "seconds": t, "committed": c["committed"]}
@@ -506,7 +507,7 @@ def export_workflow(job_id: str, destination: str, uids: list[dict]) -> dict:
 
 
 def _commit_wait(job_id: str, destination: str, uids: list[dict], attempt: int,
-                 timeout_s: float) -> dict:
+                 timeout_s: float, *, last: bool) -> dict:
     """Ask for commitment and wait durably for the report (the request and its results are
     rows; the wait is DBOS sleeps between status steps, so a restart resumes it)."""
     c = _commit(job_id, destination, uids, attempt)
@@ -516,7 +517,7 @@ def _commit_wait(job_id: str, destination: str, uids: list[dict], attempt: int,
         return {"ok": False, "dead": c["outcome"] == "dead", "reason": c["detail"]}
     polls = 0
     while True:
-        s = _commit_status(job_id, destination, c["transaction_uid"], timeout_s)
+        s = _commit_status(job_id, destination, c["transaction_uid"], timeout_s, last)
         if s["final"]:
             break
         DBOS.sleep(min(0.25 * 2 ** min(polls, 5), 5.0, max(timeout_s - s["age_s"], 0.05)))
@@ -543,7 +544,7 @@ def _commit(job_id: str, destination: str, uids: list[dict], attempt: int) -> di
 
 @DBOS.step(name="hounsfield.export.commit_status")
 def _commit_status(job_id: str, destination: str, transaction_uid: str,
-                   timeout_s: float) -> dict:
+                   timeout_s: float, last: bool = False) -> dict:
     """The request's state; past ``timeout_s`` without a report it ends as ``timeout``.  A
     final state is written to the job log: what was committed, what was not and why."""
     from hounsfield.pacs import commitment
@@ -558,7 +559,8 @@ def _commit_status(job_id: str, destination: str, transaction_uid: str,
         update_job(archive, job_id, log_line=(
             f"{destination}: storage commitment {transaction_uid}: {s['state']}, "
             f"{s['committed']} committed"
-            + (f", {len(failed)} not committed, sent again on the next attempt: {lost}"
+            + (f", {len(failed)} not committed"
+               + ("" if last else ", sent again on the next attempt") + f": {lost}"
                if failed else "")
             + (f" ({s['detail']})" if s["state"] in ("timeout", "refused") else ""))[:2000])
     return s
