@@ -6,7 +6,9 @@ sleeps ``dest.retry.delay(attempt)`` and stops when an item is dead.  Each call:
 
 1. keeps the objects whose kind the destination's output profile sends (:func:`profile_kinds`);
 2. skips what the destination already acknowledged according to the delivery log
-   (:func:`pending`), so a retried or repeated export sends only what is missing;
+   (:func:`pending`), so a retried or repeated export sends only what is missing — where the
+   profile asks for Storage Commitment, only what it also committed (:func:`acknowledged`,
+   :mod:`hounsfield.pacs.commitment`);
 3. sends the rest over one association (C-STORE) or in STOW-RS batches, holding one of the
    destination's ``max_associations`` slots in this process (:func:`slot`);
 4. records one delivery-log row per object sent (operation ``C-STORE`` / ``STOW-RS``, status,
