@@ -228,16 +228,19 @@ def test_orthanc_asks_hounsfield_for_commitment(tmp_path):
                     {"DicomInstances": ask[:2]})
         assert wait_until(lambda: o.rest(r2["Path"])["Status"] != "Pending", 30)
         assert o.rest(r2["Path"])["Status"] == "Success"
-        with archive.session() as s:
-            from hounsfield.audit import query as audit_query
+        from hounsfield.audit import query as audit_query
+        from hounsfield.ingest.commitment_models import CommitmentInbound
 
+        def inbound() -> list:  # settled just after Orthanc's answer, in the report thread
+            with archive.session() as s:
+                return [(r.state, r.via, r.n_committed, r.n_failed) for r in s.scalars(
+                    select(CommitmentInbound).order_by(CommitmentInbound.id))]
+
+        want = [("reported", "new", 2, 2), ("reported", "new", 2, 0)]
+        assert wait_until(lambda: inbound() == want, 10), inbound()
+        with archive.session() as s:
             events = [e for e in audit_query(s, limit=50) if e.action == "STORAGE-COMMITMENT"]
             assert any("N-EVENT-REPORT" in e.detail and "2 failed" in e.detail for e in events)
-            from hounsfield.ingest.commitment_models import CommitmentInbound
-
-            rows = s.scalars(select(CommitmentInbound).order_by(CommitmentInbound.id)).all()
-            assert [(r.state, r.via, r.n_committed, r.n_failed) for r in rows] == [
-                ("reported", "new", 2, 2), ("reported", "new", 2, 0)]
     finally:
         node.stop()
         archive.close()
@@ -427,9 +430,12 @@ def test_a_promised_report_is_sent_after_a_restart(tmp_path):
             assert wait_until(lambda: bool(got), 20), "no report after the restart"
             assert got[0].transaction_uid == txn
             assert [r.sop_instance_uid for r in got[0].committed] == [uid["CT0"]]
-            with archive.session() as s:
-                assert wait_until(lambda: s.scalars(select(CommitmentInbound.state))
-                                  .all() == ["reported"], 10)
+
+            def states() -> list:
+                with archive.session() as s:
+                    return list(s.scalars(select(CommitmentInbound.state)))
+
+            assert wait_until(lambda: states() == ["reported"], 10), states()
         finally:
             again.stop()
     finally:
