@@ -136,3 +136,51 @@ def test_not_ours_stays_scheduled(archive):  # noqa: ANN001
     assert performer.run_once() == (0, 0)
     assert {ups.value(ups.get(archive, u), "ProcedureStepState")
             for u in (uid, uid2, uid3)} == {"SCHEDULED"}
+
+
+def test_worklist_page_api_and_cli(archive):  # noqa: ANN001
+    """The console's /workitems, /api/workitems and ``hounsfield ups list|show`` show what was
+    asked, its state and the job performing it — never the Transaction UID."""
+    import json
+
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from hounsfield.cli.main import app
+    from hounsfield.web import auth
+    from hounsfield.web.app import create_app
+
+    held, job_id, study = _held(archive, "running")
+    waiting, ds = workitem(generate_uid())
+    ups.create(archive, [ds], uid=waiting)
+    ups.request_cancel(archive, held, None, actor="RIS")
+    auth.create_user(archive, "rad", "radiologist", None)
+    rad = {"Authorization": f"Bearer {auth.issue_token(archive, 'rad', days=1)[0]}"}
+    with TestClient(create_app(archive.settings, archive)) as c:
+        assert c.get("/api/workitems").status_code == 401
+        got = {w["uid"]: w for w in c.get("/api/workitems", headers=rad).json()}
+        assert set(got) == {held, waiting}
+        assert (got[held]["state"], got[held]["job_id"], got[held]["study_instance_uid"]) == \
+            ("IN PROGRESS", job_id, study)
+        assert got[held]["cancel_requested"] and got[waiting]["state"] == "SCHEDULED"
+        assert transaction_uid(held) not in json.dumps(got)
+        only = c.get("/api/workitems?state=SCHEDULED", headers=rad).json()
+        assert [w["uid"] for w in only] == [waiting]
+        bad = c.get("/api/workitems?state=DONE", headers=rad)
+        assert bad.status_code == 400 and "unknown workitem state" in bad.json()["error"]
+        page = c.get("/workitems", headers=rad)
+        assert page.status_code == 200 and f'href="/jobs/{job_id}"' in page.text
+        assert "cancellation requested" in page.text and 'href="/workitems"' in page.text
+    base = ["--data-dir", str(archive.settings.data_dir), "--profile", "demo", "ups"]
+    runner = CliRunner()
+    r = runner.invoke(app, [*base, "list", "--json"])
+    assert r.exit_code == 0, r.output
+    assert {w["uid"] for w in json.loads(r.output)} == {held, waiting}
+    r = runner.invoke(app, [*base, "list", "--state", "COMPLETED", "--json"])
+    assert r.exit_code == 0 and json.loads(r.output) == []
+    r = runner.invoke(app, [*base, "show", held])
+    assert r.exit_code == 0 and json.loads(r.output)["dataset"]["00741000"]["Value"] == \
+        ["IN PROGRESS"]
+    assert transaction_uid(held) not in r.output
+    r = runner.invoke(app, [*base, "show", generate_uid()])
+    assert r.exit_code != 0 and "no workitem" in r.output

@@ -774,3 +774,4 @@ def mark_delivered(archive, ids: list[int]) -> None:  # noqa: ANN001
         return
     with archive.write_session() as s, s.begin():
         s.execute(sql_update(UpsEvent).where(UpsEvent.id.in_(ids)).values(delivered_at=utcnow()))
+
