@@ -29,7 +29,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import and_, func, select
 
 from hounsfield.archive.models import Instance, Series, Study, utcnow
-from hounsfield.deploy.pipeline import Fired, Trigger, _record, fire
+from hounsfield.deploy.pipeline import Fired, Trigger, fire, record_decision
 from hounsfield.ingest.models import PerformedInstance, PerformedProcedureStep as PPS
 from hounsfield.ingest.mpps import COMPLETED, DISCONTINUED
 
@@ -189,7 +189,7 @@ def hold_stable(archive, trigger: Trigger) -> Fired | None:  # noqa: ANN001
     fired = Fired("discontinued", trigger.study_instance_uid, log=[
         "the modality reported the procedure DISCONTINUED (MPPS): not routed; "
         "run-ai routes it on request"])
-    _record(archive, trigger, fired)
+    record_decision(archive, trigger, fired)
     return fired
 
 

@@ -89,7 +89,7 @@ def fire(archive, trigger: Trigger) -> Fired:  # noqa: ANN001
             return Fired(done.outcome, done.study_instance_uid, done.rule, done.job_id,
                          list(done.log))
     fired = _decide(archive, trigger)
-    _record(archive, trigger, fired)
+    record_decision(archive, trigger, fired)
     return fired
 
 
@@ -161,6 +161,16 @@ def _decide(archive, trigger: Trigger) -> Fired:  # noqa: ANN001
 _registries: dict[str, Any] = {}
 
 
+def warm_registry(settings) -> None:  # noqa: ANN001
+    """Open the model registry client now (a worker calls it as it starts), so the first
+    trigger does not pay for MLflow's schema check (~4 s)."""
+    from hounsfield.registry.mlflow_registry import ModelRegistry, tracking_uri
+
+    uri = tracking_uri(settings)
+    if uri not in _registries:
+        _registries[uri] = ModelRegistry(settings)
+
+
 def _resolve_model(settings, ref: str):  # noqa: ANN001, ANN202
     """The version an alias names now (the registry client is kept per tracking store: opening
     one costs a schema check)."""
@@ -198,7 +208,10 @@ def _series_content(archive, series_uid: str) -> list[tuple[str, str]]:  # noqa:
             .where(Series.series_instance_uid == series_uid))]
 
 
-def _record(archive, trigger: Trigger, fired: Fired) -> None:  # noqa: ANN001
+def record_decision(archive, trigger: Trigger, fired: Fired) -> None:  # noqa: ANN001
+    """Record a trigger's outcome (a route event and its audit entry), once per trigger key;
+    :func:`fire` calls it, and so does a trigger that decides not to route (a discontinued
+    procedure)."""
     from sqlalchemy.exc import IntegrityError
 
     from hounsfield.audit import Action, Entry, record

@@ -20,7 +20,7 @@ from hounsfield.deploy import engine
 from hounsfield.deploy.jobs import reconcile
 from hounsfield.deploy.mpps_trigger import hold_stable, route_mpps
 from hounsfield.deploy.models import RouteEvent
-from hounsfield.deploy.pipeline import Trigger, fire
+from hounsfield.deploy.pipeline import Trigger, fire, warm_registry
 from hounsfield.deploy.ups_performer import UpsPerformer
 from hounsfield.deploy.ups_requester import UpsRequester
 from hounsfield.ingest.models import StableEvent
@@ -105,6 +105,11 @@ class JobWorker:
 
     def _run(self) -> None:
         interval = self.archive.settings.jobs.poll_s
+        if self.route:
+            try:
+                warm_registry(self.archive.settings)
+            except Exception as exc:  # noqa: BLE001 - routing opens it again and says why
+                log.warning("opening the model registry failed: %s", exc)
         while not self._stop.wait(interval):
             try:
                 if self.route:
