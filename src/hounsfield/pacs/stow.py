@@ -45,6 +45,9 @@ class Outgoing:
     sop_instance_uid: str
     study_instance_uid: str
     read: Callable[[], bytes]      # the Part 10 bytes, read when the batch is sent
+    #: the transfer syntax ``read`` returns it in (a profile's first syntax; "" = as stored),
+    #: named in the part's Content-Type (PS3.18 8.7.3.5.2 transfer-syntax parameter)
+    transfer_syntax: str = ""
 
 
 def client(dest: StowDestination) -> httpx.Client:
@@ -87,10 +90,15 @@ def _post(http: httpx.Client, url: str, batch: list[Outgoing], attempt: int) -> 
             items[o.sop_instance_uid] = Item(o.sop_instance_uid, o.study_instance_uid,
                                              NOT_PREPARED, attempt, f"not sent: {reason}")
             continue
-        parts.append(({"Content-Type": "application/dicom"}, data))
+        ctype = "application/dicom" + (f"; transfer-syntax={o.transfer_syntax}"
+                                       if o.transfer_syntax else "")
+        parts.append(({"Content-Type": ctype}, data))
     sending = [o for o in batch if o.sop_instance_uid not in items]
+    syntaxes = {o.transfer_syntax for o in sending}
     if sending:
-        headers = {"Content-Type": related_content_type(boundary, "application/dicom")}
+        one = syntaxes.pop() if len(syntaxes) == 1 else ""
+        headers = {"Content-Type": related_content_type(boundary, "application/dicom",
+                                                        transfer_syntax=one)}
         try:
             r = http.post(url, content=b"".join(related_stream(boundary, parts)),
                           headers=headers)
