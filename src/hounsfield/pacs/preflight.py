@@ -28,7 +28,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
 from pydicom.uid import UID
 from pynetdicom.presentation import build_context
@@ -260,7 +260,12 @@ def latest(archive: Archive, name: str) -> Result | None:
     return Result(destination=row.destination, kind=row.kind, address=row.address,
                   profile=row.profile, fingerprint=row.fingerprint, outcome=row.outcome,
                   accepted=list(row.accepted), refused=list(row.refused),
-                  warnings=list(row.warnings), detail=row.detail, at=row.at, actor=row.actor)
+                  warnings=list(row.warnings), detail=row.detail, at=_aware(row.at),
+                  actor=row.actor)
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)  # SQLite keeps no zone
 
 
 def ensure(archive: Archive, name: str) -> Result:
