@@ -276,3 +276,29 @@ def ensure(archive: Archive, name: str) -> Result:
             and last.outcome not in RETRY_OUTCOMES):
         return last
     return run(archive, name)
+
+
+def overview(archive: Archive) -> list[dict]:
+    """Every export destination with its profile, effective settings and last pre-flight (the
+    console's destinations page, ``/api/destinations``, ``hounsfield export destinations``)."""
+    settings = archive.settings
+    out = []
+    for name in sorted(settings.export.destinations):
+        dest = settings.export.destinations[name]
+        eff = effective(settings, name)
+        last = latest(archive, name)
+        current = last is not None and last.fingerprint == fingerprint(settings, name)
+        out.append({
+            "name": name, "kind": dest.kind, "address": address(settings, name),
+            "profile": eff.profile,
+            "description": settings.export.all_profiles()[eff.profile].description,
+            "kinds": sorted(eff.kinds),
+            "sop_classes": {k: RESULT_SOP_CLASSES[k] for k in sorted(eff.kinds)},
+            "transfer_syntaxes": [{"uid": t, "name": _name(t)} for t in eff.transfer_syntaxes],
+            "storage_commitment": eff.storage_commitment, "supersede": eff.supersede,
+            "max_associations": dest.max_associations,
+            "preflight": last.as_dict() if last else None,
+            "preflight_current": current,
+            "warnings": list(last.warnings) if last else [],
+        })
+    return out

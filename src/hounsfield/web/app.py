@@ -23,7 +23,8 @@ from hounsfield.archive.archive import Archive
 from hounsfield.config import Settings
 from hounsfield.dicomweb.routes import router as dicomweb_router
 from hounsfield.errors import HounsfieldError, Unauthenticated
-from hounsfield.web import api, console, jobs_web, models_api, models_console, rules_web, viewer
+from hounsfield.web import (api, console, destinations_web, jobs_web, models_api, models_console,
+                           rules_web, viewer)
 from hounsfield.web.audit_log import AuditMiddleware, AuditWriter
 from hounsfield.web.auth_gate import AuthGate
 from hounsfield.web.auth import default_authenticators, ensure_demo_admin
@@ -112,6 +113,8 @@ def create_app(settings: Settings, archive: Archive) -> FastAPI:
     app.include_router(jobs_web.pages)
     app.include_router(rules_web.api)
     app.include_router(rules_web.pages)
+    app.include_router(destinations_web.api)
+    app.include_router(destinations_web.pages)
     app.include_router(models_api.router)
     app.include_router(models_console.router)
     app.include_router(viewer.router)
