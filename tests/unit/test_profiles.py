@@ -144,6 +144,7 @@ def test_convert_from_explicit_is_lossless_and_consistent(target):
     # written and read back: encoding and File Meta agree (what pynetdicom checks)
     assert out.original_encoding == (target == ImplicitVRLittleEndian, True)
     assert np.array_equal(out.pixel_array, ref)
+    assert out.SOPInstanceUID == _ct().SOPInstanceUID  # the same instance, re-encoded
 
 
 @pytest.mark.parametrize(("name", "target"), [
@@ -151,8 +152,11 @@ def test_convert_from_explicit_is_lossless_and_consistent(target):
     ("MR_small_jpeg_ls_lossless.dcm", RLELossless), ("MR_small_implicit.dcm", JPEG2000Lossless)])
 def test_convert_compressed_and_between_codecs(name, target):
     ref = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array
-    out, how = convert(pydicom.dcmread(get_testdata_file(name)), target)
+    src = pydicom.dcmread(get_testdata_file(name))
+    sop = src.SOPInstanceUID
+    out, how = convert(src, target)
     assert out.file_meta.TransferSyntaxUID == target and "converted" in how
+    assert out.SOPInstanceUID == sop
     assert np.array_equal(out.pixel_array, ref)
 
 

@@ -151,9 +151,11 @@ def convert(ds: Dataset, target: str) -> tuple[Dataset, str]:
             "is never done)")
     try:
         if pixels and stored.is_compressed:
-            ds.decompress()  # -> Explicit VR Little Endian, native pixels
+            # the same instance in another encoding: keep its SOP Instance UID (pydicom would
+            # generate a new one by default)
+            ds.decompress(generate_instance_uid=False)  # -> Explicit VR Little Endian
         if pixels and target.is_compressed:
-            ds.compress(target)
+            ds.compress(target, generate_instance_uid=False)
         else:
             ds.file_meta.TransferSyntaxUID = target
         buf = io.BytesIO()

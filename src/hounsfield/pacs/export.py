@@ -311,6 +311,14 @@ def _c_store(archive: Archive, node: RemoteNode, todo: list[Row], attempt: int,
     fallback.  ``refused``: SOP classes the pre-flight found refused, named in the reason."""
     settings = archive.settings
     refused = refused or {}
+    offered = f" in {', '.join(UID(t).name for t in syntaxes)}" if syntaxes else ""
+
+    def refusal(cls: str) -> str:
+        seen = (f"; the pre-flight found it refused too ({refused[cls]})" if cls in refused
+                else "")
+        return (f"{label(node)} refused the presentation context for {UID(cls).name or cls}"
+                f"{offered} (SOP class not supported there){seen}")
+
     try:
         contexts = (propose_syntaxes((r[1] for r in todo), syntaxes) if syntaxes
                     else propose_for((r[1], r[2]) for r in todo))
@@ -320,20 +328,15 @@ def _c_store(archive: Archive, node: RemoteNode, todo: list[Row], attempt: int,
         code = {1: REJECTED_PERMANENT, 2: REJECTED_TRANSIENT}.get(why.get("rejected"),
                                                                  NO_ASSOCIATION)
         if "no_contexts" in why:
-            code = st.SOP_CLASS_NOT_SUPPORTED
+            record([Item(sop, study, st.SOP_CLASS_NOT_SUPPORTED, attempt,
+                         f"{refusal(cls)}: {exc.reason}") for sop, cls, _t, _k, study in todo])
+            return
         record([Item(sop, study, code, attempt, exc.reason) for sop, _c, _t, _k, study in todo])
         return
     try:
         for sop, cls, _ts, key, study in todo:
             if not accepted_syntaxes(assoc.accepted_contexts, cls):
-                offered = (f" in {', '.join(UID(t).name for t in syntaxes)}" if syntaxes
-                           else "")
-                seen = (f"; the pre-flight found it refused too ({refused[cls]})"
-                        if cls in refused else "")
-                item = Item(sop, study, st.SOP_CLASS_NOT_SUPPORTED, attempt,
-                            f"{label(node)} refused the presentation context for "
-                            f"{UID(cls).name or cls}{offered} (SOP class not supported "
-                            f"there){seen}")
+                item = Item(sop, study, st.SOP_CLASS_NOT_SUPPORTED, attempt, refusal(cls))
             elif not assoc.is_established:
                 item = Item(sop, study, NO_ASSOCIATION, attempt, "association lost")
             else:

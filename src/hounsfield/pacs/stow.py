@@ -46,7 +46,8 @@ class Outgoing:
     study_instance_uid: str
     read: Callable[[], bytes]      # the Part 10 bytes, read when the batch is sent
     #: the transfer syntax ``read`` returns it in (a profile's first syntax; "" = as stored),
-    #: named in the part's Content-Type (PS3.18 8.7.3.5.2 transfer-syntax parameter)
+    #: named by the ``transfer-syntax`` parameter of the request's multipart/related type
+    #: (PS3.18 §8.7.3 media type parameters)
     transfer_syntax: str = ""
 
 
@@ -90,9 +91,9 @@ def _post(http: httpx.Client, url: str, batch: list[Outgoing], attempt: int) -> 
             items[o.sop_instance_uid] = Item(o.sop_instance_uid, o.study_instance_uid,
                                              NOT_PREPARED, attempt, f"not sent: {reason}")
             continue
-        ctype = "application/dicom" + (f"; transfer-syntax={o.transfer_syntax}"
-                                       if o.transfer_syntax else "")
-        parts.append(({"Content-Type": ctype}, data))
+        # the parts stay plain application/dicom: Orthanc, for one, refuses a part whose
+        # media type has parameters (415); the syntax is named on the multipart type
+        parts.append(({"Content-Type": "application/dicom"}, data))
     sending = [o for o in batch if o.sop_instance_uid not in items]
     syntaxes = {o.transfer_syntax for o in sending}
     if sending:
@@ -160,7 +161,11 @@ def _statuses(r: httpx.Response) -> tuple[dict[str, int], dict[str, int], bool]:
 
     stored = seq(REFERENCED_SOP_SEQUENCE, WARNING_REASON, st.SUCCESS)
     failed = seq(FAILED_SOP_SEQUENCE, FAILURE_REASON, st.PROCESSING_FAILURE)
-    return stored, failed, bool(stored or failed)
+    # a response that has the sequences, even empty, says which instances it stored: one it
+    # does not list was not stored (Orthanc answers 200 with both sequences empty when it
+    # ignored every part, e.g. a part type with parameters)
+    return stored, failed, bool(stored or failed) or any(
+        t in body for t in (REFERENCED_SOP_SEQUENCE, FAILED_SOP_SEQUENCE))
 
 
 def _first(attr: object) -> object:
