@@ -179,6 +179,9 @@ def test_results_without_pixels_and_binary_seg():
     out, _ = convert(seg, ImplicitVRLittleEndian)
     assert out.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
     assert np.array_equal(out.pixel_array, seg.pixel_array)
+    fresh = pydicom.dcmread(io.BytesIO(to_bytes(seg_of(cts))))
+    with pytest.raises(Unconvertible, match="cannot convert .* -> RLE Lossless: ValueError"):
+        convert(fresh, RLELossless)  # 1-bit BINARY pixels: the encoder refuses, saying why
 
 
 def test_fit_to_contexts_follows_the_profile_order():
