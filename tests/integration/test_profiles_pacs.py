@@ -258,7 +258,7 @@ def test_profile_transfer_syntaxes_reach_storescp(tmp_path):
         assert got[uid["SC"]].file_meta.TransferSyntaxUID == RLELossless
         assert got[uid["SC"]].pixel_array.shape[-1] == 3
         sc_item = next(i for i in report.items if i.sop_instance_uid == uid["SC"])
-        assert sc_item.detail.startswith("converted ") and "-> RLE Lossless" in sc_item.detail
+        assert sc_item.detail.startswith("transcoded ") and "-> RLE Lossless" in sc_item.detail
 
         report = deliver(archive, both, "implicit")
         assert report.ok, [(i.status, i.detail) for i in report.items]

@@ -4,7 +4,9 @@ The Storage SCP accepts every storage SOP class pynetdicom knows in every transf
 store byte-for-byte (we never decode pixels on ingest).  On the sending side,
 :func:`fit_to_contexts` transcodes a data set to a syntax the peer accepted when the peer
 refused the stored one (PS3.5 §10: any SCU may decompress to Explicit/Implicit VR Little
-Endian).
+Endian); under a PACS-compatibility profile that lists transfer syntaxes the SCU proposes
+exactly those (:func:`propose_syntaxes`) and :func:`convert` re-encodes into the accepted one
+(lossless encoders only: :data:`ENCODABLE`).
 """
 
 from __future__ import annotations
@@ -167,7 +169,7 @@ def convert(ds: Dataset, target: str) -> tuple[Dataset, str]:
         raise Unconvertible(f"cannot convert {what}: {type(exc).__name__}: {exc}") from exc
     note = " (no pixel data: Explicit VR Little Endian encoding)" \
         if target.is_compressed and not pixels else ""
-    return out, f"converted {what}{note}"
+    return out, f"transcoded {what}{note}"
 
 
 def propose_syntaxes(sop_classes: Iterable[str], syntaxes: Sequence[str]

@@ -1,14 +1,18 @@
-"""Export: send archived result objects (SEG, SR, SC) to the configured destinations
+"""Export: send archived result objects (SEG, SR, SC, GSPS, KOS, PDF) to the configured destinations
 (``[export.destinations.NAME]``) by C-STORE or STOW-RS, at most once per acknowledged object.
 
 The job engine calls :func:`deliver` in a durable step, once per attempt; between attempts it
 sleeps ``dest.retry.delay(attempt)`` and stops when an item is dead.  Each call:
 
-1. keeps the objects whose kind the destination's output profile sends (:func:`profile_kinds`);
+1. keeps the objects whose kind the destination's output profile sends
+   (:func:`hounsfield.pacs.profiles.effective`);
 2. skips what the destination already acknowledged according to the delivery log
    (:func:`pending`), so a retried or repeated export sends only what is missing;
 3. sends the rest over one association (C-STORE) or in STOW-RS batches, holding one of the
-   destination's ``max_associations`` slots in this process (:func:`slot`);
+   destination's ``max_associations`` slots in this process (:func:`slot`) — in the profile's
+   transfer syntaxes when it lists them (each object converted into the accepted one;
+   STOW-RS: the first), and, for DIMSE, after the destination's pre-flight check
+   (:mod:`hounsfield.pacs.preflight`; its warnings are in the report's ``warnings``);
 4. records one delivery-log row per object sent (operation ``C-STORE`` / ``STOW-RS``, status,
    attempt, detail) as each acknowledgement arrives, and an audit event per study.
 
@@ -241,7 +245,12 @@ def deliver(archive: Archive, sop_uids: Iterable[str], destination_name: str, *,
         if isinstance(dest, DimseDestination):
             from hounsfield.pacs import preflight
 
-            pf = preflight.ensure(archive, destination_name)
+            try:
+                pf = preflight.ensure(archive, destination_name)
+            except Exception as exc:  # noqa: BLE001 - a check must never stop the delivery
+                log.exception("pre-flight of %s failed", destination_name)
+                pf = preflight.Result(destination_name, dest.kind, "", dest.profile, "",
+                                      "unreachable", warnings=[f"pre-flight failed: {exc!r}"])
             report.warnings.extend(pf.warnings)
             if pf.warnings:
                 report.notes.append(f"pre-flight of {destination_name} ({pf.outcome}): "
