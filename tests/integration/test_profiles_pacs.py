@@ -320,3 +320,28 @@ def test_stow_rs_sends_the_first_listed_syntax(tmp_path):
             archive.close()
     finally:
         orthanc.stop()
+
+
+def test_preflight_warns_when_the_pacs_cannot_commit(tmp_path):
+    """A profile waiting for Storage Commitment, a PACS without the Push Model SOP Class."""
+    from hounsfield.archive import Archive
+    from hounsfield.config import load_settings
+
+    pacs = strict_pacs(tmp_path)
+    settings = load_settings(data_dir=tmp_path / "var", profile="demo", export={"destinations": {
+        "committed": {"kind": "dimse", "ae_title": "STRICT", "host": "127.0.0.1",
+                      "port": pacs.port, "profile": "legacy", "storage_commitment": True}}})
+    archive = Archive.open(settings)
+    try:
+        r = preflight.run(archive, "committed", actor="engineer")
+        assert r.outcome == "warnings" and r.actor == "engineer"
+        assert {a["kind"] for a in r.accepted} == LEGACY_KINDS
+        assert [x["kind"] for x in r.refused] == ["commitment"]
+        assert r.refused[0]["sop_class_uid"] == "1.2.840.10008.1.20.1"
+        (w,) = r.warnings
+        assert "waits for Storage Commitment" in w and "cannot be committed" in w
+        assert preflight.latest(archive, "committed").warnings == [w]
+        assert pacs.alive()
+    finally:
+        pacs.stop()
+        archive.close()
