@@ -127,6 +127,36 @@ class DeidSettings(BaseModel):
     )
 
 
+class UpsSettings(BaseModel):
+    """UPS-RS (PS3.18 §11): Hounsfield as worklist manager and performer of AI workitems,
+    and as requester mirroring its jobs on an external manager — see docs/howto/ups-rs.md."""
+
+    model_config = {"extra": "forbid"}
+
+    perform: bool = Field(default=True, description=(
+        "claim SCHEDULED workitems Hounsfield can do (a workitem code below, a study in the "
+        "archive, a routing rule that matches) and perform them as AI jobs"))
+    workitem_codes: list[str] = Field(
+        default_factory=lambda: ["DCM:110004", "DCM:110003", "99HOUNSFIELD:AI"], description=(
+            "Scheduled Workitem Code Sequence codes (SCHEME:VALUE) our performer claims; "
+            "DCM 110004 Computer Aided Detection, 110003 Computer Aided Diagnosis (CID 9231)"))
+    station_ae: str = Field(default="", description=(
+        "our Scheduled Station Name; default the DICOM AE title"))
+    retrieve_url: str = Field(default="", description=(
+        "base URL of our DICOMweb service put in Output Information Sequence items "
+        "(e.g. https://ai.example.org/dicom-web); default http://<http.host>:<http.port>"
+        "/dicom-web"))
+    mirror_url: str = Field(default="", description=(
+        "an external UPS-RS manager's base URL (…/dicom-web): each AI job is mirrored as a "
+        "workitem there (create, claim, progress, complete or cancel); empty = no mirroring"))
+    mirror_token: SecretStr | None = Field(default=None,
+                                           description="bearer token for mirror_url")
+    mirror_timeout_s: float = Field(default=10.0, gt=0)
+    mirror_triggers: list[str] = Field(
+        default_factory=lambda: ["stable", "manual", "api", "console", "mpps"],
+        description="the job triggers mirrored (jobs a UPS workitem asked for are not)")
+
+
 class JobSettings(BaseModel):
     """Durable AI jobs (DBOS) — see docs/howto/clinical-pipeline.md."""
 
@@ -404,6 +434,17 @@ class DeploySettings(BaseModel):
         default=None, description="routing rules YAML file; default <data_dir>/rules.yaml")
 
 
+class MppsSettings(BaseModel):
+    """Modality Performed Procedure Step (PS3.4 Annex F) as a trigger — see docs/howto/mpps.md."""
+
+    mismatch_wait_s: float = Field(default=300.0, gt=0, description=(
+        "a COMPLETED MPPS whose referenced instances have not all arrived this long after the "
+        "N-SET is flagged 'mismatch' (console, /api/mpps) with the missing SOP Instance UIDs"))
+    late_arrival_h: float = Field(default=168.0, gt=0, description=(
+        "a mismatched MPPS is still watched this long: if its missing instances arrive, the "
+        "study is routed then"))
+
+
 class Settings(BaseSettings):
     """All of Hounsfield's configuration."""
 
@@ -431,6 +472,8 @@ class Settings(BaseSettings):
     jobs: JobSettings = Field(default_factory=JobSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
     deploy: DeploySettings = Field(default_factory=DeploySettings)
+    ups: UpsSettings = Field(default_factory=UpsSettings)
+    mpps: MppsSettings = Field(default_factory=MppsSettings)
 
     @field_validator("data_dir")
     @classmethod

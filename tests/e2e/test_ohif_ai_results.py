@@ -54,7 +54,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     key = series_content_key([(str(d.SOPInstanceUID), hashlib.sha256(b).hexdigest())
                               for d, b in zip(ct.datasets, ct_bytes, strict=True)])
     rs = build_results(ct.datasets, volume_from_datasets(ct.datasets), findings, MODEL,
-                       input_key=key, profile_kinds="all", created=WHEN)
+                       input_key=key, profile_kinds={"SEG", "SR", "SC"}, created=WHEN)
     assert [o.kind for o in rs.objects] == ["SEG", "SR"] + ["SC"] * N_FINDINGS
     parts = [parse_part10(b) for b in ct_bytes] + [parse_part10(to_bytes(o.dataset))
                                                     for o in rs.objects]

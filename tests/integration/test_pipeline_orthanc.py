@@ -4,7 +4,7 @@ Orthanc (Debian) receives a chest CT from a "modality" and, by its own Lua ``OnS
 rule, forwards the CT series to Hounsfield by C-STORE.  ``hounsfield serve`` (all roles, as a
 subprocess) sees the study become stable, routes it by the rules file to the shipped demo
 model (promoted to ``@production`` by an admin), runs it, builds SEG + Comprehensive 3D SR +
-Secondary Capture, and sends them back to Orthanc by C-STORE.  The test reads the results out
+Secondary Capture + GSPS + KOS + Encapsulated PDF, and sends them back to Orthanc by C-STORE.  The test reads the results out
 of Orthanc's REST API and checks they reference the right images and name the model; sending
 the study again makes no second set of results.
 """
@@ -73,7 +73,7 @@ def test_orthanc_forwards_a_ct_and_receives_seg_sr_sc_back(tmp_path):
         assert job["series_instance_uid"] == ct_series
         assert job["model_version"].startswith("demo-nodules@")
         kinds = {r["kind"].split("-")[0] for r in job["results"]}
-        assert kinds == {"SEG", "SR", "SC"}, job["results"]
+        assert kinds == {"SEG", "SR", "SC", "GSPS", "KOS", "PDF"}, job["results"]
         result_sops = {r["sop_instance_uid"] for r in job["results"]}
 
         # the results are in the PACS, referencing the CT they were computed from
@@ -109,6 +109,17 @@ def test_orthanc_forwards_a_ct_and_receives_seg_sr_sc_back(tmp_path):
             assert sc.BurnedInAnnotation == "YES"
             if job["n_findings"]:
                 assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID in ct_sops
+
+        # the presentation state, key object selection and PDF summary are stored too
+        (gsps,) = by_class["Grayscale Softcopy Presentation State Storage"]
+        assert {i.ReferencedSOPInstanceUID for s in gsps.ReferencedSeriesSequence
+                for i in s.ReferencedImageSequence} <= ct_sops
+        (kos,) = by_class["Key Object Selection Document Storage"]
+        keys = {it.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                for it in kos.ContentSequence if it.ValueType == "IMAGE"}
+        assert keys & ct_sops and {sc.SOPInstanceUID for sc in scs} <= keys
+        (pdf,) = by_class["Encapsulated PDF Storage"]
+        assert bytes(pdf.EncapsulatedDocument).startswith(b"%PDF-")
 
         # the same study sent again (Orthanc's rule fires again; here by hand): no second set
         count = len(got)

@@ -1,4 +1,5 @@
-"""The AI result objects (results/): SEG, TID 1500 SR and SC key images built from a synthetic
+"""The AI result objects (results/): SEG, TID 1500 SR and SC key images (GSPS, KOS and PDF:
+test_results_more_objects.py) built from a synthetic
 chest CT with known nodules, checked by dciodvfy (dicom3tools), dsrdump (DCMTK) and highdicom's
 readers, against the phantom's truth."""
 
@@ -108,7 +109,7 @@ def test_ai_model_refuses_bad_identity():
 # -- the objects ------------------------------------------------------------------------------
 def test_profile_all_makes_seg_sr_and_one_sc_per_finding(results, ct):
     kinds = [o.kind for o in results.objects]
-    assert kinds == ["SEG", "SR"] + ["SC"] * len(ct.truth)
+    assert kinds == ["SEG", "SR"] + ["SC"] * len(ct.truth) + ["GSPS", "PDF", "KOS"]
     assert [f.label for f in results.findings] == [f"Nodule {i}" for i in range(1, len(ct.truth) + 1)]
     for o in results.objects:
         ds = o.dataset
@@ -258,7 +259,7 @@ def test_one_finding_references_its_segment_and_source_slices(ct, vol, model, ke
     the SR's Referenced Segment must still name it and its slices (a one-nodule study)."""
     rs = build_results(ct.datasets, vol, truth_findings(ct)[:1], model, input_key=key,
                        created=WHEN)
-    assert [o.kind for o in rs.objects] == ["SEG", "SR", "SC"]
+    assert [o.kind for o in rs.objects] == ["SEG", "SR", "SC", "GSPS", "PDF", "KOS"]
     (seg,), (sr_ds,) = rs.of_kind("SEG"), rs.of_kind("SR")
     sr = hd.sr.srread(io.BytesIO(part10(sr_ds)))
     (group,) = sr.content.get_planar_roi_measurement_groups()
@@ -277,7 +278,7 @@ def test_one_finding_references_its_segment_and_source_slices(ct, vol, model, ke
 
 def test_no_findings_is_an_explicit_sr_and_key_image_without_seg(ct, vol, model, key, tmp_path):
     rs = build_results(ct.datasets, vol, [], model, input_key=key, created=WHEN)
-    assert [o.kind for o in rs.objects] == ["SR", "SC"] and rs.no_findings
+    assert [o.kind for o in rs.objects] == ["SR", "SC", "PDF", "KOS"] and rs.no_findings
     (sr_ds,) = rs.of_kind("SR")
     sr = hd.sr.srread(io.BytesIO(part10(sr_ds)))
     assert sr.content.get_planar_roi_measurement_groups() == []
@@ -312,7 +313,9 @@ def test_finding_in_air_or_on_the_border_falls_back_to_a_described_sphere(ct, vo
 def test_profiles_and_bad_findings(ct, vol, model, key):
     legacy = build_results(ct.datasets, vol, truth_findings(ct)[:1], model, input_key=key,
                            profile_kinds="legacy", created=WHEN)
-    assert [o.kind for o in legacy.objects] == ["SC"]
+    # the legacy profile: key images, their outlines as a presentation state, a key object
+    # selection naming them, a PDF summary
+    assert [o.kind for o in legacy.objects] == ["SC", "GSPS", "PDF", "KOS"]
     t = ct.truth[0]
     for bad in (Finding(t.coordX, t.coordY, t.coordZ, 5.0, 1.5),
                 Finding(t.coordX, t.coordY, t.coordZ, 0.0, 0.5),

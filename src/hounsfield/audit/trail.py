@@ -45,6 +45,9 @@ class Action(StrEnum):
     MODEL_PROMOTE = "MODEL-PROMOTE"
     MODEL_DEMOTE = "MODEL-DEMOTE"
     MODEL_ROLLBACK = "MODEL-ROLLBACK"
+    UPS = "UPS"
+    MPPS_CREATE = "MPPS-N-CREATE"
+    MPPS_SET = "MPPS-N-SET"
 
 
 #: action -> (EventID as "code meaning", EventActionCode)
@@ -70,6 +73,11 @@ EVENT_IDS: dict[Action, tuple[str, str]] = {
     Action.MODEL_PROMOTE: ("110113 Security Alert", "U"),
     Action.MODEL_DEMOTE: ("110113 Security Alert", "U"),
     Action.MODEL_ROLLBACK: ("110113 Security Alert", "U"),
+    # a workitem (UPS) created, changed, claimed, completed or canceled
+    Action.UPS: ("110100 Application Activity", "U"),
+    # a modality's performed procedure step created / updated (PS3.15 A.5.3.10 Procedure Record)
+    Action.MPPS_CREATE: ("110111 Procedure Record", "C"),
+    Action.MPPS_SET: ("110111 Procedure Record", "U"),
 }
 
 

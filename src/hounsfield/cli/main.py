@@ -18,6 +18,7 @@ from hounsfield.cli import (
     export_cmds,
     imaging_cmds,
     job_cmds,
+    mpps_cmds,
     route_cmds,
     synth_cmds,
     web_cmds,
@@ -66,3 +67,4 @@ ai_cmds.register(app)
 job_cmds.register(app)
 route_cmds.register(app)
 export_cmds.register(app)
+mpps_cmds.register(app)

@@ -8,8 +8,12 @@ also when nothing matched), creates the job idempotently and enqueues its workfl
 The workflows run in workers (:mod:`hounsfield.deploy.engine`):
 
 ``hounsfield.ai_job``   start -> run (load the series, check its geometry, run the warm model,
-                        build SEG / SR / SC, store them in the archive) -> one export workflow
-                        per destination -> finish (done, or failed with the reason)
+                        build SEG / SR / SC / GSPS / KOS / PDF, store them in the archive) ->
+                        one export workflow per destination -> for each destination whose
+                        profile says supersede = "iocm": an IOCM rejection note for the replaced
+                        job's objects it acknowledged, exported the same way
+                        (:mod:`hounsfield.deploy.supersede`) -> finish (done, or failed with
+                        the reason)
 ``hounsfield.export``   deliver what the destination has not acknowledged yet; on a transient
                         failure sleep durably (exponential backoff, up to hours) and try again;
                         dead after the destination's last attempt
@@ -47,7 +51,7 @@ class Trigger:
     fired twice is one decision (a crashed router re-fires safely)."""
 
     study_instance_uid: str
-    kind: str                      # stable | manual | api | console (mpps, ups: next issue)
+    kind: str                      # stable | mpps | manual | api | console (ups: next)
     key: str = ""
     actor: str = "system"
 
@@ -313,6 +317,7 @@ def run_job(archive, job) -> dict:  # noqa: ANN001
 
     model = AIModel(name=name, version=version, device_uid=job.device_uid,
                     software_version=__version__)
+    from hounsfield.deploy.supersede import predecessor_refs
     from hounsfield.pacs.profiles import job_kinds
 
     # the rule's profile and every destination's: each destination gets what it can show
@@ -320,7 +325,8 @@ def run_job(archive, job) -> dict:  # noqa: ANN001
                             input_key=series_content_key(content),
                             profile_kinds=set(job_kinds(archive.settings, job.profile,
                                                         list(job.destinations))),
-                            created=_aware(job.created_at))
+                            created=_aware(job.created_at),
+                            predecessors=predecessor_refs(archive, job))
     t["build_s"] = time.perf_counter() - t3
     t4 = time.perf_counter()
     from pydicom.filebase import DicomBytesIO
@@ -388,8 +394,26 @@ def _dead(job_id: str, why: str) -> dict:
     return {"state": "dead", "error": why}
 
 
+@DBOS.step(name="hounsfield.ai_job.withdraw")
+def _rejection(job_id: str, destination: str) -> dict | None:
+    """Build and store the IOCM rejection note of what ``destination`` acknowledged of the
+    replaced jobs (None: nothing to withdraw there, or its profile says "version")."""
+    from hounsfield.deploy.supersede import REJECTION, rejection_for
+
+    archive = engine.worker_archive()
+    job = get_job(archive, job_id)
+    note = rejection_for(archive, job, destination)
+    if note is None:
+        return None
+    kept = [r for r in job.result_uids if r["sop_instance_uid"] != note["sop_instance_uid"]]
+    update_job(archive, job_id, result_uids=[*kept, note], log_line=(
+        f"{destination}: withdrawing {len(note['rejects'])} superseded object(s) with an "
+        f"IOCM rejection note ({REJECTION} {note['sop_instance_uid']})"))
+    return note
+
+
 @DBOS.step(name="hounsfield.ai_job.finish")
-def _finish(job_id: str, exports: list[dict]) -> dict:
+def _finish(job_id: str, exports: list[dict], withdrawals: list[dict] | None = None) -> dict:
     archive = engine.worker_archive()
     dead = [e for e in exports if not e.get("ok")]
     if dead:
@@ -406,6 +430,14 @@ def _finish(job_id: str, exports: list[dict]) -> dict:
     old = supersede_older(archive, job) if not dead else []
     if old:
         update_job(archive, job_id, log_line="supersedes " + ", ".join(old))
+    for w in withdrawals or []:
+        if w.get("ok"):
+            line = (f"{w['destination']}: withdrew {len(w['rejects'])} superseded object(s) "
+                    f"(rejection note {w['note']} acknowledged): " + ", ".join(w["rejects"]))
+        else:
+            line = (f"{w['destination']}: the rejection note {w['note']} was not delivered "
+                    f"({w.get('reason', 'refused')}); the superseded objects stay there")
+        job = update_job(archive, job_id, log_line=line[:4000])
     return {"state": job.state}
 
 
@@ -433,7 +465,19 @@ def ai_job_workflow(job_id: str) -> dict:
                             "reason": "destination is not configured"})
         else:
             exports.append(h.get_result())
-    return _finish(job_id, exports)
+    withdrawals = []
+    for e in exports:  # after the new results are there: withdraw what they replace
+        if not e.get("ok"):
+            continue
+        note = _rejection(job_id, e["destination"])
+        if note is None:
+            continue
+        with SetWorkflowID(f"{DBOS.workflow_id}:withdraw:{e['destination']}"):
+            q = DBOS.retrieve_queue(engine.export_queue(e["destination"]))
+            h = q.enqueue(export_workflow, job_id, e["destination"], [note])
+        withdrawals.append({**h.get_result(), "note": note["sop_instance_uid"],
+                            "rejects": note["rejects"]})
+    return _finish(job_id, exports, withdrawals)
 
 
 # -- export -----------------------------------------------------------------------------------
@@ -447,7 +491,9 @@ def _deliver(job_id: str, destination: str, uids: list[dict], attempt: int) -> d
     t0 = time.perf_counter()
     try:
         report = deliver(archive, [u["sop_instance_uid"] for u in uids], destination,
-                         attempt=attempt)
+                         attempt=attempt,
+                         any_kind=[u["sop_instance_uid"] for u in uids  # IOCM rejection notes
+                                   if u.get("kind") == "REJECTION"])
     except BaseException:
         if engine.stopping():  # as in the run step: leave the attempt for recovery
             engine.abandon()

@@ -4,8 +4,9 @@ It launches the job engine (DBOS recovers this executor's unfinished workflows f
 every ``jobs.poll_s`` seconds routes the studies that became stable and were not routed yet
 (each :class:`~hounsfield.ingest.models.StableEvent` is fired once: its key is
 ``stable:<event id>``; studies received before the pipeline was first enabled are not routed
-automatically), and reconciles job rows with the engine.  Everything it needs is in the
-databases, so any number of workers can run, and a restarted one catches up.
+automatically), fires the MPPS trigger for COMPLETED procedures whose instances all arrived
+(:mod:`hounsfield.deploy.mpps_trigger`), and reconciles job rows with the engine.  Everything
+it needs is in the databases, so any number of workers can run, and a restarted one catches up.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from sqlalchemy import String, and_, cast, exists, literal, select
 
 from hounsfield.deploy import engine
 from hounsfield.deploy.jobs import reconcile
+from hounsfield.deploy.mpps_trigger import hold_stable, route_mpps
 from hounsfield.deploy.models import RouteEvent
 from hounsfield.deploy.pipeline import Trigger, fire
+from hounsfield.deploy.ups_performer import UpsPerformer
+from hounsfield.deploy.ups_requester import UpsRequester
 from hounsfield.ingest.models import StableEvent
 
 log = logging.getLogger(__name__)
@@ -70,7 +74,8 @@ def route_stable(archive, *, after_id: int = 0) -> tuple[int, int]:  # noqa: ANN
     last = after_id
     for event_id, study in unrouted_stable_studies(archive, after_id=after_id):
         try:
-            fired = fire(archive, Trigger(study, "stable", key=f"stable:{event_id}"))
+            trigger = Trigger(study, "stable", key=f"stable:{event_id}")
+            fired = hold_stable(archive, trigger) or fire(archive, trigger)
             log.info("study %s stable: %s %s", study, fired.outcome, fired.job_id)
         except Exception as exc:  # noqa: BLE001 - one bad study must not stop routing
             log.warning("routing study %s failed: %s", study, exc)
@@ -88,6 +93,8 @@ class JobWorker:
         self.route = route
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.ups = UpsPerformer(archive)
+        self.ups_mirror = UpsRequester(archive)
 
     def start(self) -> None:
         engine.launch_worker(self.archive)
@@ -101,8 +108,12 @@ class JobWorker:
         while not self._stop.wait(interval):
             try:
                 if self.route:
+                    # first: a completed procedure beats the quiet timer
+                    route_mpps(self.archive, enabled=pipeline_enabled_at(self.archive))
                     route_stable(self.archive)
                 reconcile(self.archive)
+                self.ups.run_once()  # UPS workitems: claim, progress, complete / cancel
+                self.ups_mirror.run_once()  # jobs mirrored on an external UPS-RS manager
             except Exception as exc:  # noqa: BLE001 - keep going; the next pass retries
                 log.warning("job router pass failed: %s", exc)
 

@@ -1,4 +1,4 @@
-"""The DICOM node: Verification, Storage and Query/Retrieve SCP (PS3.4 Annexes A, B, C).
+"""The DICOM node: Verification, Storage, Query/Retrieve and MPPS SCP (PS3.4 Annexes A, B, C, F).
 
 Callbacks stay thin.  C-STORE: take the received bytes as they are
 (``event.encoded_dataset()``, no re-encoding, pixels never decoded), parse the header, check it
@@ -51,7 +51,7 @@ from hounsfield.dicom.transfer import (
     propose_for,
 )
 from hounsfield.errors import ConfigurationError, DatasetMismatch, HounsfieldError
-from hounsfield.ingest import lean, qr, reactor
+from hounsfield.ingest import lean, mpps, qr, reactor
 from hounsfield.ingest.committer import GroupCommitter
 from hounsfield.ingest.security import admit, nodelay, server_tls
 
@@ -112,7 +112,8 @@ class _AssocLog:
 
 
 class DicomNode:
-    """Verification + Storage + Query/Retrieve SCP on ``settings.dicom`` (host, port, AE title).
+    """Verification + Storage + Query/Retrieve + MPPS SCP on ``settings.dicom`` (host, port,
+    AE title).
 
     ``start()`` / ``stop()``; ``port`` is the bound port (useful with port 0).
     """
@@ -151,6 +152,9 @@ class DicomNode:
             ae.add_supported_context(sop, syntaxes, scu_role=True, scp_role=True)
         for sop in (*_FIND, *_RETRIEVE):
             ae.add_supported_context(sop, plain)
+        # never on the lean path (not in _lean_syntaxes): associations proposing it go to
+        # pynetdicom, storage contexts included
+        ae.add_supported_context(mpps.MPPS_SOP_CLASS, plain)
         return ae
 
     def start(self) -> None:
@@ -166,6 +170,8 @@ class DicomNode:
             (evt.EVT_C_FIND, self._on_find),
             (evt.EVT_C_MOVE, self._on_move),
             (evt.EVT_C_GET, self._on_get),
+            (evt.EVT_N_CREATE, self._on_n_create),
+            (evt.EVT_N_SET, self._on_n_set),
         ]
         try:
             self._server = self.ae.make_server(
@@ -506,6 +512,36 @@ class DicomNode:
                 return
             lg.add(action, study, patient, True, "", dest)
             yield st.PENDING, ds
+
+
+    # -- MPPS N-CREATE / N-SET (PS3.4 F.7; the state machine is hounsfield.ingest.mpps) -------
+    def _on_n_create(self, event: evt.Event) -> tuple[Dataset, Dataset | None]:
+        assoc, req = event.assoc, event.request
+        uid = req.AffectedSOPInstanceUID
+        try:
+            attrs = event.attribute_list
+        except Exception as exc:  # noqa: BLE001 - an undecodable request is a status too
+            return mpps.Answer(mpps.PROCESSING_FAILURE,
+                               f"cannot decode the attribute list: {exc}").status_dataset(), None
+        answer = mpps.n_create(self.archive, attrs, str(uid) if uid else None,
+                               calling_ae=assoc.requestor.ae_title.strip(),
+                               source=self._peer(assoc))
+        reply = None
+        if answer.ok and answer.sop_instance_uid:  # PS3.7 10.1.5.1.4: the UID we assigned
+            reply = Dataset()
+            reply.AffectedSOPInstanceUID = answer.sop_instance_uid
+        return answer.status_dataset(), reply
+
+    def _on_n_set(self, event: evt.Event) -> tuple[Dataset, None]:
+        assoc, req = event.assoc, event.request
+        try:
+            mods = event.modification_list
+        except Exception as exc:  # noqa: BLE001
+            return mpps.Answer(mpps.PROCESSING_FAILURE,
+                               f"cannot decode the modification list: {exc}").status_dataset(), None
+        answer = mpps.n_set(self.archive, str(req.RequestedSOPInstanceUID or ""), mods,
+                            calling_ae=assoc.requestor.ae_title.strip(), source=self._peer(assoc))
+        return answer.status_dataset(), None
 
 
 class _Dispatch(reactor.RequestHandler):

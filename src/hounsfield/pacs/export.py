@@ -196,13 +196,15 @@ def pending(archive: Archive, sop_uids: Iterable[str], destination: str) -> list
 
 # -- deliver ---------------------------------------------------------------------------------
 def deliver(archive: Archive, sop_uids: Iterable[str], destination_name: str, *,
-            attempt: int = 1) -> DeliveryReport:
+            attempt: int = 1, any_kind: Iterable[str] = ()) -> DeliveryReport:
     """Send the archived objects ``sop_uids`` that are still pending to ``destination_name``.
 
     ``attempt`` (1-based) is this try's number: it is recorded per object, and when it is the
     destination retry policy's last one a transient failure becomes ``dead`` ("gave up after
     N attempts").  Raises :class:`InvalidInput` for an unknown destination and
     :class:`NotFound` when an object is not in the archive (nothing is sent then).
+    ``any_kind``: SOP instance UIDs sent whatever the profile's kinds (IOCM rejection notes, a
+    KOS that a destination with ``supersede = "iocm"`` gets even when its profile sends no KOS).
     """
     if attempt < 1:
         raise InvalidInput(f"attempt numbers start at 1, got {attempt}")
@@ -213,9 +215,10 @@ def deliver(archive: Archive, sop_uids: Iterable[str], destination_name: str, *,
     uids = list(dict.fromkeys(sop_uids))
     rows = _rows(archive, uids)
     kinds = set(effective(settings, destination_name).kinds)
+    always = set(any_kind)
     wanted = []
     for r in rows:
-        if kind_of(r[1]) in kinds:
+        if kind_of(r[1]) in kinds or r[0] in always:
             wanted.append(r)
         else:
             report.excluded.append(r[0])

@@ -1,4 +1,5 @@
-"""AI results as standard DICOM objects: SEG, Comprehensive 3D SR (TID 1500), SC key images.
+"""AI results as standard DICOM objects: SEG, Comprehensive 3D SR (TID 1500), SC key images,
+a Grayscale Softcopy Presentation State, a Key Object Selection and an Encapsulated PDF.
 
 The clinical pipeline calls only :func:`build_results`::
 
@@ -11,13 +12,18 @@ Every object carries the model as Contributing Equipment (IHE AI Results), a ser
 description that says AI and unreviewed, and UIDs derived from (input series content, model,
 object kind): the same input and model give the same UIDs. The Study Instance UID is the
 source study's. No findings is an explicit result (an SR saying so, a "No nodule found" key
-image), never silence; a SEG is made only when there is something to segment.
+image), never silence; a SEG (and a GSPS) is made only when there is something to outline.
+
+A re-run that replaces an earlier job's results passes that job's result references as
+``predecessors``: the new SR names the old SR(s) in its Predecessor Documents Sequence (the
+only result IOD whose standard has such a reference; withdrawing the old objects from a PACS is
+an IOCM rejection note, :func:`hounsfield.results.kos.build_rejection_note`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +33,13 @@ from hounsfield.errors import InvalidInput
 from hounsfield.imaging.volume import Volume
 from hounsfield.results.equipment import AIModel
 from hounsfield.results.findings import MeasuredFinding, measure_findings
+from hounsfield.results.gsps import build_gsps
+from hounsfield.results.kos import build_kos, build_rejection_note
+from hounsfield.results.pdf import build_pdf
 from hounsfield.results.sc import build_key_images
 from hounsfield.results.seg import build_seg
 from hounsfield.results.source import SourceSeries
-from hounsfield.results.sr import build_sr
+from hounsfield.results.sr import build_sr, set_predecessors
 from hounsfield.results.uids import derive_uid, series_content_key
 
 from hounsfield.config import OUTPUT_PROFILES, RESULT_KINDS
@@ -41,7 +50,8 @@ PROFILES = dict(OUTPUT_PROFILES)
 
 @dataclass(frozen=True)
 class ResultObject:
-    """One result instance: ``kind`` "SEG" | "SR" | "SC" and its pydicom ``dataset``."""
+    """One result instance: ``kind`` "SEG" | "SR" | "SC" | "GSPS" | "KOS" | "PDF" and its
+    pydicom ``dataset``."""
 
     kind: str
     dataset: Dataset
@@ -81,8 +91,9 @@ class FindingResult:
 
 @dataclass
 class ResultSet:
-    """The result objects of one run, in the order to send them (SEG before the SR that
-    references it, then SC), with the per-finding measurements."""
+    """The result objects of one run, in the order to send them — referenced objects before
+    the objects that reference them: SEG, SR (names the SEG), SC, GSPS, PDF, KOS (names the
+    SC and the GSPS) — with the per-finding measurements."""
 
     objects: list[ResultObject] = field(default_factory=list)
     findings: list[FindingResult] = field(default_factory=list)
@@ -119,16 +130,20 @@ def _kinds(profile_kinds: Iterable[str] | str) -> frozenset[str]:
 def build_results(series_datasets: Sequence[Dataset], volume: Volume, findings: Sequence[Any],
                   model: AIModel, *, input_key: str,
                   profile_kinds: Iterable[str] | str = KINDS,
-                  created: dt.datetime | None = None) -> ResultSet:
+                  created: dt.datetime | None = None,
+                  predecessors: Sequence[Mapping[str, str]] = ()) -> ResultSet:
     """Build the result objects of ``findings`` on one source series.
 
     ``series_datasets`` — the series' data sets with pixel data (every slice of ``volume``);
     ``volume`` — its :class:`~hounsfield.imaging.Volume`; ``findings`` — duck-typed objects with
     ``x_mm, y_mm, z_mm`` (LPS mm), ``diameter_mm``, ``probability``; ``input_key`` —
     :func:`~hounsfield.results.uids.series_content_key` of the series; ``profile_kinds`` — the
-    kinds to make ({"SEG", "SR", "SC"} or a profile name: "ai-ready", "legacy", "all");
-    ``created`` — the job's time, stamped as content/series date and time (default: now), so
-    a re-run with the same job time writes identical objects.
+    kinds to make (a subset of {"SEG", "SR", "SC", "GSPS", "KOS", "PDF"} or a profile name:
+    "ai-ready", "legacy", "all"); ``created`` — the job's time, stamped as content/series date
+    and time (default: now), so a re-run with the same job time writes identical objects;
+    ``predecessors`` — the result references (``kind``, ``sop_instance_uid``,
+    ``series_instance_uid``, ``sop_class_uid``, optionally ``study_instance_uid``) of the
+    earlier job these results replace: its SRs become the new SR's predecessor documents.
 
     Raises :class:`~hounsfield.errors.InvalidInput` for a bad finding (a centre outside the
     volume, a non-positive diameter, a probability outside 0..1), data sets that do not match
@@ -151,11 +166,25 @@ def build_results(series_datasets: Sequence[Dataset], volume: Volume, findings: 
     if "SR" in kinds:
         rs.objects.append(ResultObject("SR", build_sr(src, measured, model, input_key=input_key,
                                                       when=when, seg=seg)))
+    if predecessors and "SR" in kinds:
+        set_predecessors(rs.of_kind("SR")[0], predecessors, rs.study_instance_uid)
     key_images: dict[int, str] = {}
+    scs = []
     if "SC" in kinds:
-        for ds in build_key_images(src, measured, model, input_key=input_key, when=when):
+        scs = build_key_images(src, measured, model, input_key=input_key, when=when)
+        for ds in scs:
             rs.objects.append(ResultObject("SC", ds))
             key_images[int(ds.InstanceNumber)] = str(ds.SOPInstanceUID)
+    gsps = None
+    if measured and "GSPS" in kinds:
+        gsps = build_gsps(src, measured, model, input_key=input_key, when=when)
+        rs.objects.append(ResultObject("GSPS", gsps))
+    if "PDF" in kinds:
+        rs.objects.append(ResultObject("PDF", build_pdf(src, measured, model,
+                                                        input_key=input_key, when=when)))
+    if "KOS" in kinds and (measured or scs):
+        rs.objects.append(ResultObject("KOS", build_kos(
+            src, measured, model, input_key=input_key, when=when, key_images=scs, gsps=gsps)))
     rs.findings = [_finding_result(src, f, key_images.get(f.number)) for f in measured]
     for obj in rs.objects:
         # our texts ("AI nodules SEG — ...", "AI-generated — not reviewed") and the patient's
@@ -177,4 +206,4 @@ def _finding_result(src: SourceSeries, f: MeasuredFinding, key_image: str | None
 
 
 __all__ = ["AIModel", "FindingResult", "KINDS", "PROFILES", "ResultObject", "ResultSet",
-           "build_results", "derive_uid", "series_content_key"]
+           "build_rejection_note", "build_results", "derive_uid", "series_content_key"]

@@ -107,7 +107,7 @@ def render(src: SourceSeries, k: int, loops: list[np.ndarray], lines: list[str])
     return np.asarray(img, dtype=np.uint8), scale
 
 
-def _key_outlines(src: SourceSeries, f: MeasuredFinding) -> list[np.ndarray]:
+def key_outlines(src: SourceSeries, f: MeasuredFinding) -> list[np.ndarray]:
     plane = np.zeros(src.volume.shape[1:], dtype=bool)
     plane[f.region.box[1], f.region.box[2]] = f.region.mask[f.slice_k - f.region.box[0].start]
     return outline(plane)
@@ -157,5 +157,5 @@ def build_key_images(src: SourceSeries, findings: list[MeasuredFinding], model: 
         k = len(src.slices) // 2
         return [build_sc(src, k, [], [f"No nodule found ({model.label})"], model,
                          input_key=input_key, when=when, index=1)]
-    return [build_sc(src, f.slice_k, _key_outlines(src, f), [label_text(f)], model,
+    return [build_sc(src, f.slice_k, key_outlines(src, f), [label_text(f)], model,
                      input_key=input_key, when=when, index=f.number) for f in findings]

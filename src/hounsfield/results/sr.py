@@ -199,3 +199,37 @@ def build_sr(src: SourceSeries, findings: list[MeasuredFinding], model: AIModel,
     sr.SoftwareVersions = model.software_versions
     stamp_time(sr, when)
     return sr
+
+
+def set_predecessors(sr: Dataset, refs, study_uid: str) -> int:  # noqa: ANN001
+    """Name the SRs among ``refs`` (result references: ``kind``, ``sop_instance_uid``,
+    ``series_instance_uid``, ``sop_class_uid``, optionally ``study_instance_uid``) as the
+    predecessors of ``sr`` (SR Document General module, Predecessor Documents Sequence: the
+    documents this one replaces, grouped by study and series).  Returns how many it named."""
+    by_study: dict[str, dict[str, list[Dataset]]] = {}
+    n = 0
+    for r in refs:
+        if str(r.get("kind", "")).split("-")[0] != "SR" or \
+                str(r["sop_instance_uid"]) == str(sr.SOPInstanceUID):
+            continue
+        item = Dataset()
+        item.ReferencedSOPClassUID = str(r["sop_class_uid"])
+        item.ReferencedSOPInstanceUID = str(r["sop_instance_uid"])
+        study = str(r.get("study_instance_uid") or study_uid)
+        by_study.setdefault(study, {}).setdefault(str(r["series_instance_uid"]), []).append(item)
+        n += 1
+    if not n:
+        return 0
+    seq = []
+    for study, series in by_study.items():
+        st = Dataset()
+        st.StudyInstanceUID = study
+        st.ReferencedSeriesSequence = []
+        for series_uid, items in series.items():
+            se = Dataset()
+            se.SeriesInstanceUID = series_uid
+            se.ReferencedSOPSequence = items
+            st.ReferencedSeriesSequence.append(se)
+        seq.append(st)
+    sr.PredecessorDocumentsSequence = seq
+    return n

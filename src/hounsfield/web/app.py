@@ -24,7 +24,7 @@ from hounsfield.config import Settings
 from hounsfield.dicomweb.routes import router as dicomweb_router
 from hounsfield.errors import HounsfieldError, Unauthenticated
 from hounsfield.web import (api, console, destinations_web, jobs_web, models_api, models_console,
-                           rules_web, viewer)
+                            mpps_web, rules_web, ups_web, viewer)
 from hounsfield.web.audit_log import AuditMiddleware, AuditWriter
 from hounsfield.web.auth_gate import AuthGate
 from hounsfield.web.auth import default_authenticators, ensure_demo_admin
@@ -73,7 +73,7 @@ def create_app(settings: Settings, archive: Archive) -> FastAPI:
     app = FastAPI(
         title="Hounsfield",
         version=__version__,
-        description="DICOMweb (QIDO-RS, WADO-RS, STOW-RS), users and audit API, console, OHIF.",
+        description="DICOMweb (QIDO-RS, WADO-RS, STOW-RS, UPS-RS), users and audit API, console, OHIF.",
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -108,6 +108,7 @@ def create_app(settings: Settings, archive: Archive) -> FastAPI:
         return _error(request, 500, f"internal error ({type(exc).__name__}); see the server log")
 
     app.include_router(dicomweb_router)
+    app.include_router(ups_web.router)
     app.include_router(api.router)
     app.include_router(jobs_web.api)
     app.include_router(jobs_web.pages)
@@ -115,6 +116,8 @@ def create_app(settings: Settings, archive: Archive) -> FastAPI:
     app.include_router(rules_web.pages)
     app.include_router(destinations_web.api)
     app.include_router(destinations_web.pages)
+    app.include_router(mpps_web.api)
+    app.include_router(mpps_web.pages)
     app.include_router(models_api.router)
     app.include_router(models_console.router)
     app.include_router(viewer.router)

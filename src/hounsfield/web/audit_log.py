@@ -89,6 +89,8 @@ def outcome_for(status: int) -> Outcome:
 
 def action_for(method: str, path: str) -> Action:
     """QIDO for searches (paths ending in studies/series/instances), STOW for POST, else WADO."""
+    if "/workitems" in path or "/subscribers/" in path:
+        return Action.UPS
     if method == "POST":
         return Action.STOW
     last = path.rstrip("/").rsplit("/", 1)[-1]
