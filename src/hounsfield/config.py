@@ -320,6 +320,13 @@ class _Destination(BaseModel):
     max_associations: int = Field(default=2, ge=1, le=64, description=(
         "concurrent associations / STOW requests to this destination, per process"))
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    commitment_timeout_s: float = Field(default=600.0, gt=0, description=(
+        "Storage Commitment: how long to wait for the destination's N-EVENT-REPORT after the "
+        "N-ACTION; instances not reported by then count as not committed (re-sent next attempt)"))
+    commitment_hold_s: float = Field(default=2.0, ge=0, le=60, description=(
+        "Storage Commitment: keep the N-ACTION association open this long for a report on it "
+        "(a PACS may also report on a new association to our DICOM node)"))
+
 
     @field_validator("transfer_syntaxes")
     @classmethod

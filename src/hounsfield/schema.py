@@ -18,6 +18,7 @@ from hounsfield.archive import models as archive_models
 from hounsfield.audit import models as audit_models  # noqa: F401
 from hounsfield.deid import models as deid_models  # noqa: F401
 from hounsfield.deploy import models as deploy_models  # noqa: F401
+from hounsfield.ingest import commitment_models  # noqa: F401
 from hounsfield.ingest import models as ingest_models  # noqa: F401
 from hounsfield.pacs import models as pacs_models  # noqa: F401
 from hounsfield.pacs import preflight_models  # noqa: F401

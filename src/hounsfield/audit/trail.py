@@ -48,6 +48,7 @@ class Action(StrEnum):
     UPS = "UPS"
     MPPS_CREATE = "MPPS-N-CREATE"
     MPPS_SET = "MPPS-N-SET"
+    STORAGE_COMMITMENT = "STORAGE-COMMITMENT"
 
 
 #: action -> (EventID as "code meaning", EventActionCode)
@@ -67,6 +68,7 @@ EVENT_IDS: dict[Action, tuple[str, str]] = {
     Action.LOGIN: ("110114 User Authentication", "E"),
     Action.LOGOUT: ("110114 User Authentication", "E"),
     Action.DELETE: ("110105 DICOM Study Deleted", "D"),
+    Action.STORAGE_COMMITMENT: ("110103 DICOM Instances Accessed", "R"),
     Action.AI_JOB: ("110100 Application Activity", "E"),
     # which model version clinical routing uses is a software configuration change
     # (PS3.15 A.5.3.11 Security Alert, EventTypeCode 110131 "Software Configuration")

@@ -50,7 +50,9 @@ def build_components(archive, role: str = "all", *, http_port: int | None = None
 
         out.append(JobWorker(archive))
     if role in ("all", "dicom"):
-        out += [DicomNode(archive), StableMonitor(archive)]
+        from hounsfield.pacs.commitment import record_report
+
+        out += [DicomNode(archive, commitment_reports=record_report), StableMonitor(archive)]
     if role in ("all", "api"):
         out.append(HttpServer(archive, host=http_host, port=http_port))
     return out

@@ -16,6 +16,9 @@ The workflows run in workers (:mod:`hounsfield.deploy.engine`):
                         the reason)
 ``hounsfield.export``   deliver what the destination has not acknowledged yet; on a transient
                         failure sleep durably (exponential backoff, up to hours) and try again;
+                        where the profile asks for Storage Commitment, request it and wait
+                        durably for the report: objects not committed (failed, or no report
+                        within commitment_timeout_s) are sent again on the next attempt;
                         dead after the destination's last attempt
 
 Every step is idempotent: result UIDs are derived from (input content, model version, kind), the
@@ -421,7 +424,9 @@ def _finish(job_id: str, exports: list[dict], withdrawals: list[dict] | None = N
         job = update_job(archive, job_id, state="dead", error=f"delivery failed: {why}",
                          log_line=f"dead: delivery failed: {why}")
     else:
-        sent = ", ".join(e["destination"] for e in exports) or "no destination"
+        sent = ", ".join(e["destination"] + (f" ({e['committed']} committed)"
+                                             if "committed" in e else "")
+                         for e in exports) or "no destination"
         job = get_job(archive, job_id)
         timings = {**job.timings, **{f"export_{e['destination']}_s": round(e.get("seconds", 0), 3)
                                      for e in exports}}
@@ -520,8 +525,12 @@ def _deliver(job_id: str, destination: str, uids: list[dict], attempt: int) -> d
 @DBOS.workflow(name=EXPORT_WORKFLOW, max_recovery_attempts=50)
 def export_workflow(job_id: str, destination: str, uids: list[dict]) -> dict:
     from hounsfield.pacs.export import destination as destination_settings
+    from hounsfield.pacs.profiles import effective
 
-    policy = destination_settings(engine.worker_archive().settings, destination).retry
+    settings = engine.worker_archive().settings
+    dest = destination_settings(settings, destination)
+    policy = dest.retry
+    commit = effective(settings, destination).storage_commitment
     attempt = 1
     t = 0.0
     while True:
@@ -531,9 +540,81 @@ def export_workflow(job_id: str, destination: str, uids: list[dict]) -> dict:
             return {"destination": destination, "ok": False, "attempts": attempt,
                     "seconds": t, "reason": r.get("detail") or "refused"}
         if r["retry"] == 0:
-            return {"destination": destination, "ok": True, "attempts": attempt, "seconds": t}
+            if not commit:
+                return {"destination": destination, "ok": True, "attempts": attempt,
+                        "seconds": t}
+            # a delivery counts only once the PACS commits it (PS3.4 Annex J)
+            c = _commit_wait(job_id, destination, uids, attempt, dest.commitment_timeout_s,
+                             last=policy.dead(attempt))
+            if c["ok"]:
+                return {"destination": destination, "ok": True, "attempts": attempt,
+                        "seconds": t, "committed": c["committed"]}
+            if c.get("dead") or policy.dead(attempt):
+                return {"destination": destination, "ok": False, "attempts": attempt,
+                        "seconds": t, "reason": f"not committed after {attempt} attempt(s): "
+                                                f"{c['reason']}"}
         DBOS.sleep(policy.delay(attempt, key=f"{job_id}:{destination}"))
         attempt += 1
+
+
+def _commit_wait(job_id: str, destination: str, uids: list[dict], attempt: int,
+                 timeout_s: float, *, last: bool) -> dict:
+    """Ask for commitment and wait durably for the report (the request and its results are
+    rows; the wait is DBOS sleeps between status steps, so a restart resumes it)."""
+    c = _commit(job_id, destination, uids, attempt)
+    if c["outcome"] == "done":
+        return {"ok": True, "committed": c["already"]}
+    if c["outcome"] != "sent":
+        return {"ok": False, "dead": c["outcome"] == "dead", "reason": c["detail"]}
+    polls = 0
+    while True:
+        s = _commit_status(job_id, destination, c["transaction_uid"], timeout_s, last)
+        if s["final"]:
+            break
+        DBOS.sleep(min(0.25 * 2 ** min(polls, 5), 5.0, max(timeout_s - s["age_s"], 0.05)))
+        polls += 1
+    if s["state"] == "committed":
+        return {"ok": True, "committed": s["committed"] + c["already"]}
+    return {"ok": False, "reason": s["detail"]}
+
+
+@DBOS.step(name="hounsfield.export.commit")
+def _commit(job_id: str, destination: str, uids: list[dict], attempt: int) -> dict:
+    """Storage Commitment N-ACTION for what the destination stored and has not committed."""
+    from hounsfield.pacs.commitment import request
+
+    archive = engine.worker_archive()
+    r = request(archive, destination, [u["sop_instance_uid"] for u in uids], job_id=job_id,
+                attempt=attempt)
+    if r.outcome != "done":
+        update_job(archive, job_id, log_line=f"{destination}: attempt {attempt}: storage "
+                                             f"commitment {r.outcome}: {r.detail}"[:1000])
+    return {"outcome": r.outcome, "transaction_uid": r.transaction_uid, "detail": r.detail,
+            "already": r.already}
+
+
+@DBOS.step(name="hounsfield.export.commit_status")
+def _commit_status(job_id: str, destination: str, transaction_uid: str,
+                   timeout_s: float, last: bool = False) -> dict:
+    """The request's state; past ``timeout_s`` without a report it ends as ``timeout``.  A
+    final state is written to the job log: what was committed, what was not and why."""
+    from hounsfield.pacs import commitment
+
+    archive = engine.worker_archive()
+    s = commitment.status(archive, transaction_uid)
+    if not s["final"] and s["age_s"] >= timeout_s:
+        s = commitment.expire(archive, transaction_uid)
+    if s["final"]:
+        failed = s["failed"]
+        lost = "; ".join(f"{f['sop_instance_uid']} ({f['reason']})" for f in failed[:5])
+        update_job(archive, job_id, log_line=(
+            f"{destination}: storage commitment {transaction_uid}: {s['state']}, "
+            f"{s['committed']} committed"
+            + (f", {len(failed)} not committed"
+               + ("" if last else ", sent again on the next attempt") + f": {lost}"
+               if failed else "")
+            + (f" ({s['detail']})" if s["state"] in ("timeout", "refused") else ""))[:2000])
+    return s
 
 
 def explain(archive, study_uid: str) -> list[str]:  # noqa: ANN001

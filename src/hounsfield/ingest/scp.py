@@ -42,6 +42,7 @@ from pynetdicom.sop_class import (
 from hounsfield import audit
 from hounsfield.archive.archive import Archive
 from hounsfield.archive.parse import parse_part10
+from hounsfield.dicom import commitment as sc
 from hounsfield.dicom import status as st
 from hounsfield.dicom.transfer import (
     STORABLE,
@@ -52,6 +53,7 @@ from hounsfield.dicom.transfer import (
 )
 from hounsfield.errors import ConfigurationError, DatasetMismatch, HounsfieldError
 from hounsfield.ingest import lean, mpps, qr, reactor
+from hounsfield.ingest.commitment import CommitmentService, ReportSink
 from hounsfield.ingest.committer import GroupCommitter
 from hounsfield.ingest.security import admit, nodelay, server_tls
 
@@ -120,7 +122,10 @@ class DicomNode:
 
     name = "dicom"
 
-    def __init__(self, archive: Archive, *, committer: GroupCommitter | None = None) -> None:
+    def __init__(self, archive: Archive, *, committer: GroupCommitter | None = None,
+                 commitment_reports: ReportSink | None = None) -> None:
+        """``commitment_reports``: where Storage Commitment reports for our own requests go
+        (``hounsfield.pacs.commitment.record_report``); see :mod:`hounsfield.ingest.commitment`."""
         self.archive = archive
         self.settings = archive.settings
         self.committer = committer or GroupCommitter(
@@ -133,6 +138,7 @@ class DicomNode:
         self.lean_associations = 0  # connections served on the lean path (for tests, stats)
         self._lean_syntaxes = ({str(s) for s in STORAGE_SOP_CLASSES} | {str(Verification)}
                                | set(_FIND))
+        self.commitment = CommitmentService(archive, report_sink=commitment_reports)
         self.ae = self._make_ae()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -155,6 +161,9 @@ class DicomNode:
         # never on the lean path (not in _lean_syntaxes): associations proposing it go to
         # pynetdicom, storage contexts included
         ae.add_supported_context(mpps.MPPS_SOP_CLASS, plain)
+        # Storage Commitment Push Model: as SCP, and as SCU receiving reports on a new
+        # association (the PACS proposes role selection with itself as SCP)
+        ae.add_supported_context(sc.PUSH_MODEL, plain, scu_role=True, scp_role=True)
         return ae
 
     def start(self) -> None:
@@ -172,6 +181,8 @@ class DicomNode:
             (evt.EVT_C_GET, self._on_get),
             (evt.EVT_N_CREATE, self._on_n_create),
             (evt.EVT_N_SET, self._on_n_set),
+            (evt.EVT_N_ACTION, self.commitment.on_n_action),
+            (evt.EVT_N_EVENT_REPORT, self.commitment.on_n_event_report),
         ]
         try:
             self._server = self.ae.make_server(
@@ -187,6 +198,7 @@ class DicomNode:
                                      f"{exc.strerror or exc}") from exc
         threading.Thread(target=self._server.serve_forever, name="dicom-acceptor",
                          daemon=True).start()
+        self.commitment.resume()
         log.info("DICOM node %s listening on %s:%d%s", d.ae_title, d.host, self.port,
                  " (TLS)" if d.tls_cert else "")
 
@@ -207,6 +219,7 @@ class DicomNode:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        self.commitment.stop()
         self._flush_all()
         if self._own_committer:
             self.committer.stop()

@@ -7,7 +7,9 @@ sleeps ``dest.retry.delay(attempt)`` and stops when an item is dead.  Each call:
 1. keeps the objects whose kind the destination's output profile sends
    (:func:`hounsfield.pacs.profiles.effective`);
 2. skips what the destination already acknowledged according to the delivery log
-   (:func:`pending`), so a retried or repeated export sends only what is missing;
+   (:func:`pending`), so a retried or repeated export sends only what is missing — where the
+   profile asks for Storage Commitment, only what it also committed (:func:`acknowledged`,
+   :mod:`hounsfield.pacs.commitment`);
 3. sends the rest over one association (C-STORE) or in STOW-RS batches, holding one of the
    destination's ``max_associations`` slots in this process (:func:`slot`) — in the profile's
    transfer syntaxes when it lists them (each object converted into the accepted one;
@@ -61,13 +63,15 @@ from hounsfield.pacs.destinations import label, node_of
 from hounsfield.pacs.models import Delivery
 from hounsfield.pacs.profiles import effective
 
-__all__ = ["RetryPolicy", "classify", "deliver", "destination", "kind_of", "pending",
-           "profile_kinds", "slot"]
+__all__ = ["RetryPolicy", "acknowledged", "classify", "committed", "deliver", "destination",
+           "kind_of", "pending", "profile_kinds", "slot", "stored"]
 
 log = logging.getLogger(__name__)
 
 #: delivery-log operations that count as an acknowledgement by an export destination
 EXPORT_OPERATIONS = ("C-STORE", "STOW-RS")
+#: delivery-log operation of a Storage Commitment result (see :mod:`hounsfield.pacs.models`)
+COMMIT_OPERATION = "COMMIT"
 Outcome = Literal["delivered", "retry", "dead"]
 
 #: result kind of each SOP class an output profile can send
@@ -171,9 +175,10 @@ def _acknowledged_clause():  # noqa: ANN202
     return or_(s == st.SUCCESS, s.in_((0x0001, 0x0107, 0x0116)), s.between(0xB000, 0xBFFF))
 
 
-def acknowledged(archive: Archive, sop_uids: Iterable[str], destination: str) -> set[str]:
+def stored(archive: Archive, sop_uids: Iterable[str], destination: str) -> set[str]:
     """The SOP instance UIDs among ``sop_uids`` that ``destination`` acknowledged (success or
-    warning) according to the delivery log, by any export operation."""
+    warning) by an export operation (C-STORE, STOW-RS) according to the delivery log — stored
+    there, whether or not committed."""
     uids = list(dict.fromkeys(sop_uids))
     out: set[str] = set()
     with archive.session() as s:
@@ -185,6 +190,45 @@ def acknowledged(archive: Archive, sop_uids: Iterable[str], destination: str) ->
                        Delivery.sop_instance_uid.in_(uids[i:i + 500]),
                        _acknowledged_clause())))
     return out
+
+
+def committed(archive: Archive, sop_uids: Iterable[str], destination: str) -> set[str]:
+    """The SOP instance UIDs among ``sop_uids`` whose latest ``COMMIT`` delivery-log row for
+    ``destination`` is a success: the destination committed to keep them (PS3.4 Annex J) and
+    has not reported a failure for them since."""
+    uids = list(dict.fromkeys(sop_uids))
+    latest: dict[str, int] = {}
+    with archive.session() as s:
+        for i in range(0, len(uids), 500):
+            for sop, code in s.execute(
+                    select(Delivery.sop_instance_uid, Delivery.status)
+                    .where(Delivery.destination == destination[:256],
+                           Delivery.operation == COMMIT_OPERATION,
+                           Delivery.sop_instance_uid.in_(uids[i:i + 500]))
+                    .order_by(Delivery.id)):
+                latest[sop] = code
+    return {sop for sop, code in latest.items() if code == st.SUCCESS}
+
+
+def needs_commitment(settings: Settings, destination: str) -> bool:
+    """Whether deliveries to ``destination`` count only once committed (its profile's, or its
+    own, ``storage_commitment``); False for a name that is not an export destination."""
+    if destination not in settings.export.destinations:
+        return False
+    return effective(settings, destination).storage_commitment
+
+
+def acknowledged(archive: Archive, sop_uids: Iterable[str], destination: str) -> set[str]:
+    """The SOP instance UIDs among ``sop_uids`` that ``destination`` acknowledged according to
+    the delivery log: stored (C-STORE / STOW-RS success or warning) and — where the
+    destination's profile asks for Storage Commitment — committed (:func:`committed`).  An
+    instance the PACS reported as failed, or did not report within the destination's
+    ``commitment_timeout_s``, is not acknowledged, so :func:`pending` sends it again."""
+    uids = list(dict.fromkeys(sop_uids))
+    done = stored(archive, uids, destination)
+    if done and needs_commitment(archive.settings, destination):
+        done &= committed(archive, done, destination)
+    return done
 
 
 def pending(archive: Archive, sop_uids: Iterable[str], destination: str) -> list[str]:
