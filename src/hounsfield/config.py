@@ -179,6 +179,25 @@ _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 
 
+def check_transfer_syntaxes(v: list[str]) -> list[str]:
+    """A profile's (or a destination's) transfer syntaxes: known transfer syntax UIDs (PS3.6
+    Annex A), each once; ``ValueError`` naming what is wrong otherwise."""
+    from pydicom.uid import UID
+
+    v = [u.strip() for u in v]
+    bad = [u for u in v if not re.match(r"^[0-9]+(\.[0-9]+)*$", u) or len(u) > 64]
+    if bad:
+        raise ValueError(f"transfer syntaxes must be UIDs, got {bad}")
+    unknown = [u for u in v if not UID(u).is_transfer_syntax]
+    if unknown:
+        raise ValueError(f"not a transfer syntax UID (PS3.6 Annex A): "
+                         f"{', '.join(f'{u} ({UID(u).name})' if UID(u).name != u else u for u in unknown)}")
+    twice = sorted({u for u in v if v.count(u) > 1})
+    if twice:
+        raise ValueError(f"transfer syntax listed twice: {', '.join(twice)}")
+    return v
+
+
 class OutputProfile(BaseModel):
     """A PACS-compatibility profile: which result objects a destination gets, in which transfer
     syntaxes, whether a delivery counts only once the PACS commits it (Storage Commitment), and
@@ -210,10 +229,7 @@ class OutputProfile(BaseModel):
     @field_validator("transfer_syntaxes")
     @classmethod
     def _syntaxes(cls, v: list[str]) -> list[str]:
-        bad = [u for u in v if not re.match(r"^[0-9]+(\.[0-9]+)*$", u) or len(u) > 64]
-        if bad:
-            raise ValueError(f"transfer syntaxes must be UIDs, got {bad}")
-        return v
+        return check_transfer_syntaxes(v)
 
     @property
     def kinds(self) -> frozenset[str]:
@@ -310,6 +326,12 @@ class _Destination(BaseModel):
     commitment_hold_s: float = Field(default=2.0, ge=0, le=60, description=(
         "Storage Commitment: keep the N-ACTION association open this long for a report on it "
         "(a PACS may also report on a new association to our DICOM node)"))
+
+
+    @field_validator("transfer_syntaxes")
+    @classmethod
+    def _syntaxes(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else check_transfer_syntaxes(v)
 
 
 class DimseDestination(_Destination):

@@ -21,6 +21,7 @@ from hounsfield.deploy import models as deploy_models  # noqa: F401
 from hounsfield.ingest import commitment_models  # noqa: F401
 from hounsfield.ingest import models as ingest_models  # noqa: F401
 from hounsfield.pacs import models as pacs_models  # noqa: F401
+from hounsfield.pacs import preflight_models  # noqa: F401
 from hounsfield.web import models as web_models  # noqa: F401
 
 #: every table Hounsfield defines

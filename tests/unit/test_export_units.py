@@ -168,3 +168,11 @@ def test_stow_200_409_and_unmentioned():
     assert "conflict" in items["1.2"].detail
     items = stow._parse(_response(503), OUT, 1)
     assert classify(items["1.1"].status) == "retry"
+
+
+def test_stow_200_listing_nothing_stored_nothing():
+    """Orthanc answers 200 with both sequences empty when it ignored every part: not stored."""
+    empty = {"00081198": {"vr": "SQ"}, "00081199": {"vr": "SQ"}}
+    items = stow._parse(_response(200, empty), OUT, 1)
+    assert {i.status for i in items.values()} == {-200}
+    assert all("does not mention" in i.detail for i in items.values())

@@ -135,7 +135,8 @@ rules:
 """
     lines = problems(text)
     joined = "\n".join(lines)
-    assert "r.yaml:4: rule 'a': profile: Input should be 'ai-ready', 'legacy' or 'all'" in joined
+    assert ("r.yaml:4: rule 'a': profile: unknown output profile 'fancy': known profiles are "
+            "ai-ready, legacy, all") in joined
     assert "r.yaml:5: rule 'a': prefer: unknown preference 'fastest'" in joined
     assert "r.yaml:6: rule 'a': match.sop_class: unknown SOP class 'NotAClass'" in joined
     assert "r.yaml:6: rule 'a': match.orientation[0]: Input should be 'axial'" in joined

@@ -15,6 +15,7 @@ from hounsfield.cli import (
     demo_cmds,
     dicom_cmds,
     evaluate_cmds,
+    export_cmds,
     imaging_cmds,
     job_cmds,
     mpps_cmds,
@@ -66,5 +67,6 @@ evaluate_cmds.register(app)
 ai_cmds.register(app)
 job_cmds.register(app)
 route_cmds.register(app)
+export_cmds.register(app)
 mpps_cmds.register(app)
 ups_cmds.register(app)

@@ -26,11 +26,12 @@ def register(app: typer.Typer) -> None:
 
 def _load(ctx: typer.Context, file: Path | None):
     """The rule set of ``file`` (default: the settings' rules file); exit 1 when invalid."""
-    from hounsfield.deploy.rules import load_rules, rules_path
+    from hounsfield.deploy.rules import load_rules, profile_names, rules_path
 
-    path = file if file is not None else rules_path(state(ctx).settings)
+    settings = state(ctx).settings
+    path = file if file is not None else rules_path(settings)
     try:
-        return path, load_rules(path)
+        return path, load_rules(path, profiles=profile_names(settings))
     except InvalidInput as exc:
         lines = exc.detail if isinstance(exc.detail, list) and exc.detail else [exc.reason]
         typer.echo(f"invalid routing rules ({path}):", err=True)

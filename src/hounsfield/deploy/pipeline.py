@@ -96,12 +96,12 @@ def fire(archive, trigger: Trigger) -> Fired:  # noqa: ANN001
 def current_rules(settings):  # noqa: ANN001, ANN201
     """The routing rules in force (none while no rules file exists; a broken file is an
     error the trigger reports — the previous decision is not guessed)."""
-    from hounsfield.deploy.rules import RuleSet, load_rules, rules_path
+    from hounsfield.deploy.rules import RuleSet, load_rules, profile_names, rules_path
 
     path = rules_path(settings)
     if not path.exists():
         return RuleSet(rules=[]), f"no routing rules file at {path}"
-    return load_rules(path), ""
+    return load_rules(path, profiles=profile_names(settings)), ""
 
 
 def _decide(archive, trigger: Trigger) -> Fired:  # noqa: ANN001
@@ -334,11 +334,13 @@ def run_job(archive, job) -> dict:  # noqa: ANN001
     model = AIModel(name=name, version=version, device_uid=job.device_uid,
                     software_version=__version__)
     from hounsfield.deploy.supersede import predecessor_refs
-    from hounsfield.pacs.profiles import kinds_for
+    from hounsfield.pacs.profiles import job_kinds
 
+    # the rule's profile and every destination's: each destination gets what it can show
     results = build_results(datasets, vol, found, model,
                             input_key=series_content_key(content),
-                            profile_kinds=set(kinds_for(archive.settings, job.profile)),
+                            profile_kinds=set(job_kinds(archive.settings, job.profile,
+                                                        list(job.destinations))),
                             created=_aware(job.created_at),
                             predecessors=predecessor_refs(archive, job))
     t["build_s"] = time.perf_counter() - t3
@@ -515,6 +517,9 @@ def _deliver(job_id: str, destination: str, uids: list[dict], attempt: int) -> d
             engine.abandon()
         raise
     seconds = time.perf_counter() - t0
+    if report.warnings and attempt == 1:
+        update_job(archive, job_id, log_line=f"{destination}: pre-flight warning: "
+                                             + "; ".join(report.warnings))
     retry = [i.sop_instance_uid for i in report.retry]
     dead = [i.sop_instance_uid for i in report.dead]
     detail = "; ".join(sorted({i.detail for i in report.items

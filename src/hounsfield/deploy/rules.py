@@ -25,7 +25,7 @@ The file::
           orientation: [axial]
         prefer: [thinnest, most_slices, {kernel: ["B3*", "*STANDARD*"]}]
         model: nodules@production    # an alias, never a plain name or a number
-        profile: ai-ready            # ai-ready | legacy | all
+        profile: ai-ready            # ai-ready | legacy | all | an [export.profiles] name
         destinations: [pacs]
 
 Study-level attributes (decide whether a rule applies to a study): ``modality`` (some series
@@ -54,11 +54,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from hounsfield.errors import InvalidInput
 
+#: the built-in output profiles; a rule may also name an ``[export.profiles.NAME]`` of the
+#: settings it is checked against (``parse_rules(..., profiles=...)``)
 Profile = Literal["ai-ready", "legacy", "all"]
+BUILTIN_PROFILE_NAMES: tuple[str, ...] = typing.get_args(Profile)
 Orientation = Literal["axial", "coronal", "sagittal", "oblique"]
 SimplePreference = Literal["thinnest", "most_slices", "finest_pixels", "lowest_number", "newest"]
 
@@ -276,8 +280,17 @@ class Rule(_Strict):
     match: Match = Field(default_factory=Match)
     prefer: list[Preference] = Field(default_factory=lambda: ["thinnest", "most_slices"])
     model: str
-    profile: Profile = "ai-ready"
+    profile: str = Field(default="ai-ready", pattern=rf"^{_NAME}$", max_length=64)
     destinations: list[str] = Field(default_factory=list)
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, v: str, info: ValidationInfo) -> str:
+        known = (info.context or {}).get("profiles") or BUILTIN_PROFILE_NAMES
+        if v not in known:
+            raise ValueError(f"unknown output profile {v!r}: known profiles are "
+                             f"{', '.join(known)} (more are defined in [export.profiles.NAME])")
+        return v
 
     @field_validator("prefer", mode="before")
     @classmethod
@@ -352,10 +365,18 @@ def _mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = Fals
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
-def parse_rules(text: str, *, source: str = "rules.yaml") -> RuleSet:
+def profile_names(settings: Any) -> list[str]:
+    """The output profiles a rule may name under ``settings``: built-in and configured."""
+    return list(settings.export.all_profiles())
+
+
+def parse_rules(text: str, *, source: str = "rules.yaml",
+                profiles: typing.Iterable[str] | None = None) -> RuleSet:
     """Validate the YAML ``text`` into a :class:`RuleSet` (see the module docstring).
 
-    Raises :class:`InvalidInput` listing every problem with the file, line, rule and field.
+    ``profiles``: the output profile names a rule may use (:func:`profile_names` of the
+    settings in force; default the built-in ones).  Raises :class:`InvalidInput` listing every
+    problem with the file, line, rule and field.
     """
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
@@ -371,7 +392,8 @@ def parse_rules(text: str, *, source: str = "rules.yaml") -> RuleSet:
         msg = f"{source}:1: the file must be a mapping with a 'rules' list"
         raise InvalidInput(msg, detail=[msg])
     try:
-        return RuleSet.model_validate(data)
+        ctx = {"profiles": tuple(profiles)} if profiles is not None else None
+        return RuleSet.model_validate(data, context=ctx)
     except ValidationError as exc:
         described = [_describe(err, data, root, source) for err in exc.errors()]
         lines = [text for _, text in sorted(described, key=lambda d: d[0])]
@@ -379,8 +401,9 @@ def parse_rules(text: str, *, source: str = "rules.yaml") -> RuleSet:
                            + "\n".join(lines), detail=lines) from None
 
 
-def load_rules(path: Path | str) -> RuleSet:
-    """Read and validate a rules file; a missing file is an :class:`InvalidInput`."""
+def load_rules(path: Path | str, *, profiles: typing.Iterable[str] | None = None) -> RuleSet:
+    """Read and validate a rules file (``profiles`` as in :func:`parse_rules`); a missing file
+    is an :class:`InvalidInput`."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -388,7 +411,7 @@ def load_rules(path: Path | str) -> RuleSet:
         raise InvalidInput(f"no routing rules file at {p}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"cannot read the routing rules file {p}: {exc}") from None
-    return parse_rules(text, source=str(p))
+    return parse_rules(text, source=str(p), profiles=profiles)
 
 
 def rules_path(settings: Any) -> Path:

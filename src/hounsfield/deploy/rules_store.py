@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from hounsfield.deploy.rules import RuleSet, parse_rules, rules_path
+from hounsfield.deploy.rules import RuleSet, parse_rules, profile_names, rules_path
 from hounsfield.errors import InvalidInput
 
 
@@ -26,7 +26,7 @@ def unknown_destinations(settings, rules: RuleSet) -> list[str]:  # noqa: ANN001
 def check(settings, text: str, *, source: str = "rules.yaml") -> RuleSet:  # noqa: ANN001
     """Parse ``text`` and check it against the settings; :class:`InvalidInput` lists every
     problem (``detail``: one line each)."""
-    rules = parse_rules(text, source=source)
+    rules = parse_rules(text, source=source, profiles=profile_names(settings))
     problems = unknown_destinations(settings, rules)
     if problems:
         raise InvalidInput("; ".join(problems), detail=problems)

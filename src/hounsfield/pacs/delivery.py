@@ -41,6 +41,8 @@ class DeliveryReport:
     #: them (``skipped``) or because its output profile excludes their kind (``excluded``)
     skipped: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
+    #: export only: what the destination's pre-flight found refused (hounsfield.pacs.preflight)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def sent(self) -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from hounsfield.config import RemoteNode, Settings
-from hounsfield.errors import InvalidInput
+from hounsfield.config import DimseDestination, RemoteNode, Settings
+from hounsfield.errors import ConfigurationError, InvalidInput
 
 _ADDR = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
 
@@ -30,3 +30,14 @@ def resolve(settings: Settings, dest: str) -> RemoteNode:
 
 def label(node: RemoteNode) -> str:
     return f"{node.ae_title}@{node.host}:{node.port}"
+
+
+def node_of(settings: Settings, dest: DimseDestination) -> RemoteNode:
+    """The DICOM node a DIMSE export destination sends to (its ``remote`` or its own address)."""
+    if dest.remote is not None:
+        if dest.remote not in settings.dicom.remotes:
+            raise ConfigurationError(f"export destination names remote {dest.remote!r}, which "
+                                     "is not in dicom.remotes")
+        return settings.dicom.remotes[dest.remote]
+    assert dest.ae_title and dest.host and dest.port  # checked by the settings
+    return RemoteNode(ae_title=dest.ae_title, host=dest.host, port=dest.port, tls=dest.tls)

@@ -1,16 +1,20 @@
-"""Export: send archived result objects (SEG, SR, SC) to the configured destinations
+"""Export: send archived result objects (SEG, SR, SC, GSPS, KOS, PDF) to the configured destinations
 (``[export.destinations.NAME]``) by C-STORE or STOW-RS, at most once per acknowledged object.
 
 The job engine calls :func:`deliver` in a durable step, once per attempt; between attempts it
 sleeps ``dest.retry.delay(attempt)`` and stops when an item is dead.  Each call:
 
-1. keeps the objects whose kind the destination's output profile sends (:func:`profile_kinds`);
+1. keeps the objects whose kind the destination's output profile sends
+   (:func:`hounsfield.pacs.profiles.effective`);
 2. skips what the destination already acknowledged according to the delivery log
    (:func:`pending`), so a retried or repeated export sends only what is missing — where the
    profile asks for Storage Commitment, only what it also committed (:func:`acknowledged`,
    :mod:`hounsfield.pacs.commitment`);
 3. sends the rest over one association (C-STORE) or in STOW-RS batches, holding one of the
-   destination's ``max_associations`` slots in this process (:func:`slot`);
+   destination's ``max_associations`` slots in this process (:func:`slot`) — in the profile's
+   transfer syntaxes when it lists them (each object converted into the accepted one;
+   STOW-RS: the first), and, for DIMSE, after the destination's pre-flight check
+   (:mod:`hounsfield.pacs.preflight`; its warnings are in the report's ``warnings``);
 4. records one delivery-log row per object sent (operation ``C-STORE`` / ``STOW-RS``, status,
    attempt, detail) as each acknowledgement arrives, and an audit event per study.
 
@@ -44,8 +48,8 @@ from hounsfield.config import (
     check_output_profile,
 )
 from hounsfield.dicom import status as st
-from hounsfield.dicom.transfer import accepted_syntaxes, propose_for
-from hounsfield.errors import ConfigurationError, InvalidInput, NotFound, PeerError
+from hounsfield.dicom.transfer import accepted_syntaxes, convert, propose_for, propose_syntaxes
+from hounsfield.errors import InvalidInput, NotFound, PeerError
 from hounsfield.pacs import scu, stow
 from hounsfield.pacs.delivery import (
     NO_ASSOCIATION,
@@ -55,7 +59,7 @@ from hounsfield.pacs.delivery import (
     DeliveryReport,
     Item,
 )
-from hounsfield.pacs.destinations import label
+from hounsfield.pacs.destinations import label, node_of
 from hounsfield.pacs.models import Delivery
 from hounsfield.pacs.profiles import effective
 
@@ -144,16 +148,6 @@ def destination(settings: Settings, name: str) -> DimseDestination | StowDestina
         known = ", ".join(sorted(dests)) or "none configured ([export.destinations.NAME])"
         raise InvalidInput(f"unknown export destination {name!r} (known: {known})")
     return dests[name]
-
-
-def node_of(settings: Settings, dest: DimseDestination) -> RemoteNode:
-    if dest.remote is not None:
-        if dest.remote not in settings.dicom.remotes:
-            raise ConfigurationError(f"export destination names remote {dest.remote!r}, which "
-                                     "is not in dicom.remotes")
-        return settings.dicom.remotes[dest.remote]
-    assert dest.ae_title and dest.host and dest.port  # checked by the settings
-    return RemoteNode(ae_title=dest.ae_title, host=dest.host, port=dest.port, tls=dest.tls)
 
 
 _SLOTS: dict[tuple[str, int], threading.BoundedSemaphore] = {}
@@ -293,11 +287,26 @@ def deliver(archive: Archive, sop_uids: Iterable[str], destination_name: str, *,
         DeliveryReport(operation, destination_name, items).save(archive)
         report.items.extend(items)
 
+    eff = effective(settings, destination_name)
     with slot(destination_name, dest.max_associations):
         if isinstance(dest, DimseDestination):
-            _c_store(archive, node_of(settings, dest), todo, attempt, record)
+            from hounsfield.pacs import preflight
+
+            try:
+                pf = preflight.ensure(archive, destination_name)
+            except Exception as exc:  # noqa: BLE001 - a check must never stop the delivery
+                log.exception("pre-flight of %s failed", destination_name)
+                pf = preflight.Result(destination_name, dest.kind, "", dest.profile, "",
+                                      "unreachable", warnings=[f"pre-flight failed: {exc!r}"])
+            report.warnings.extend(pf.warnings)
+            if pf.warnings:
+                report.notes.append(f"pre-flight of {destination_name} ({pf.outcome}): "
+                                    + "; ".join(pf.warnings))
+            _c_store(archive, node_of(settings, dest), todo, attempt, record,
+                     syntaxes=eff.transfer_syntaxes, refused=pf.refused_classes)
         else:
-            objs = [stow.Outgoing(sop, study, (lambda k=key: archive.blobs.read(k)))
+            target = eff.transfer_syntaxes[0] if eff.transfer_syntaxes else None
+            objs = [stow.Outgoing(sop, study, _reader(archive, key, target), target or "")
                     for sop, _cls, _ts, key, study in todo]
             stow.store(dest, objs, attempt, on_batch=record)
     scu._audit_out(archive, report, audit.Action.EXPORT)
@@ -330,33 +339,65 @@ def _rows(archive: Archive, uids: list[str]) -> list[Row]:
     return [found[u] for u in uids]
 
 
+def _reader(archive: Archive, key: str, target: str | None):  # noqa: ANN202
+    """Reads the archived object ``key`` (STOW-RS), converted into ``target`` when given."""
+    def read() -> bytes:
+        data = archive.blobs.read(key)
+        if not target:
+            return data
+        import io
+
+        from pydicom import dcmread
+
+        ds, _how = convert(dcmread(io.BytesIO(data)), target)
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+    return read
+
+
 def _c_store(archive: Archive, node: RemoteNode, todo: list[Row], attempt: int,
-             record) -> None:  # noqa: ANN001
-    """One association for all of ``todo`` (contexts for exactly the SOP classes present),
-    no in-call retries: the job engine's back-off decides when to try again."""
+             record, *, syntaxes: tuple[str, ...] = (),  # noqa: ANN001
+             refused: dict[str, str] | None = None) -> None:
+    """One association for all of ``todo``, no in-call retries: the job engine's back-off
+    decides when to try again.
+
+    Contexts for exactly the SOP classes present: with the profile's ``syntaxes`` exactly those
+    (each object converted into the one accepted), else the stored syntax plus the uncompressed
+    fallback.  ``refused``: SOP classes the pre-flight found refused, named in the reason."""
     settings = archive.settings
+    refused = refused or {}
+    offered = f" in {', '.join(UID(t).name for t in syntaxes)}" if syntaxes else ""
+
+    def refusal(cls: str) -> str:
+        seen = (f"; the pre-flight found it refused too ({refused[cls]})" if cls in refused
+                else "")
+        return (f"{label(node)} refused the presentation context for {UID(cls).name or cls}"
+                f"{offered} (SOP class not supported there){seen}")
+
     try:
-        assoc = scu.associate(settings, node, propose_for((r[1], r[2]) for r in todo),
-                              retries=0)
+        contexts = (propose_syntaxes((r[1] for r in todo), syntaxes) if syntaxes
+                    else propose_for((r[1], r[2]) for r in todo))
+        assoc = scu.associate(settings, node, contexts, retries=0)
     except PeerError as exc:
         why = exc.detail if isinstance(exc.detail, dict) else {}
         code = {1: REJECTED_PERMANENT, 2: REJECTED_TRANSIENT}.get(why.get("rejected"),
                                                                  NO_ASSOCIATION)
         if "no_contexts" in why:
-            code = st.SOP_CLASS_NOT_SUPPORTED
+            record([Item(sop, study, st.SOP_CLASS_NOT_SUPPORTED, attempt,
+                         f"{refusal(cls)}: {exc.reason}") for sop, cls, _t, _k, study in todo])
+            return
         record([Item(sop, study, code, attempt, exc.reason) for sop, _c, _t, _k, study in todo])
         return
     try:
         for sop, cls, _ts, key, study in todo:
             if not accepted_syntaxes(assoc.accepted_contexts, cls):
-                item = Item(sop, study, st.SOP_CLASS_NOT_SUPPORTED, attempt,
-                            f"{label(node)} refused the presentation context for "
-                            f"{UID(cls).name or cls} (SOP class not supported there)")
+                item = Item(sop, study, st.SOP_CLASS_NOT_SUPPORTED, attempt, refusal(cls))
             elif not assoc.is_established:
                 item = Item(sop, study, NO_ASSOCIATION, attempt, "association lost")
             else:
                 item = scu._store_one(archive, assoc, sop, key, study, attempt,
-                                      not_prepared=NOT_PREPARED)
+                                      not_prepared=NOT_PREPARED, preferred=syntaxes)
             record([item])
     finally:
         if assoc.is_established:

@@ -56,3 +56,31 @@ def kinds_for(settings: Settings, profile: str) -> frozenset[str]:
         raise InvalidInput(f"unknown output profile {profile!r}: known profiles are "
                            f"{', '.join(profiles)}")
     return profiles[profile].kinds
+
+
+#: the SOP class Hounsfield writes for each result kind (docs/conformance.md lists them)
+RESULT_SOP_CLASSES: dict[str, str] = {
+    "SEG": "1.2.840.10008.5.1.4.1.1.66.4",     # Segmentation Storage
+    "SR": "1.2.840.10008.5.1.4.1.1.88.34",     # Comprehensive 3D SR Storage (TID 1500)
+    "SC": "1.2.840.10008.5.1.4.1.1.7",         # Secondary Capture Image Storage
+    "GSPS": "1.2.840.10008.5.1.4.1.1.11.1",    # Grayscale Softcopy Presentation State Storage
+    "KOS": "1.2.840.10008.5.1.4.1.1.88.59",    # Key Object Selection Document Storage
+    "PDF": "1.2.840.10008.5.1.4.1.1.104.1",    # Encapsulated PDF Storage
+}
+#: Storage Commitment Push Model SOP Class (PS3.4 Annex J)
+STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
+#: what a destination whose profile names no transfer syntaxes is offered (as stored: our
+#: result objects are written in Explicit VR Little Endian; Implicit is every SCP's default)
+DEFAULT_SYNTAXES: tuple[str, ...] = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+
+
+def job_kinds(settings: Settings, profile: str, destinations: list[str]) -> frozenset[str]:
+    """The kinds a job builds: its rule's profile's kinds and every destination's effective
+    kinds (a ``legacy`` destination gets its SC, GSPS, KOS and PDF even when the rule says
+    ``ai-ready``).  A destination that is no longer configured adds nothing (its export
+    reports it)."""
+    kinds = set(kinds_for(settings, profile))
+    for name in destinations:
+        if name in settings.export.destinations:
+            kinds |= effective(settings, name).kinds
+    return frozenset(kinds)

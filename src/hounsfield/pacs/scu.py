@@ -170,12 +170,14 @@ def send(archive: Archive, uids: Iterable[str], node: RemoteNode, *,
 
 
 def _store_one(archive: Archive, assoc: Association, sop: str, key: str, study: str,
-               attempt: int, *, not_prepared: int = st.PROCESSING_FAILURE) -> Item:
+               attempt: int, *, not_prepared: int = st.PROCESSING_FAILURE,
+               preferred: Sequence[str] = ()) -> Item:
     """C-STORE one archived instance; ``not_prepared`` is the status reported when it could
-    not be read or transcoded (nothing was sent)."""
+    not be read or converted (nothing was sent); ``preferred``: a profile's transfer syntaxes,
+    the object is converted into the first one the peer accepted."""
     try:
         ds = dcmread(io.BytesIO(archive.blobs.read(key)))
-        ds, how = fit_to_contexts(ds, assoc.accepted_contexts)
+        ds, how = fit_to_contexts(ds, assoc.accepted_contexts, preferred)
     except Exception as exc:  # noqa: BLE001 - reported per instance
         reason = getattr(exc, "reason", None) or repr(exc)
         return Item(sop, study, not_prepared, attempt, f"not sent: {reason}")

@@ -45,6 +45,10 @@ class Outgoing:
     sop_instance_uid: str
     study_instance_uid: str
     read: Callable[[], bytes]      # the Part 10 bytes, read when the batch is sent
+    #: the transfer syntax ``read`` returns it in (a profile's first syntax; "" = as stored),
+    #: named by the ``transfer-syntax`` parameter of the request's multipart/related type
+    #: (PS3.18 §8.7.3 media type parameters)
+    transfer_syntax: str = ""
 
 
 def client(dest: StowDestination) -> httpx.Client:
@@ -87,10 +91,15 @@ def _post(http: httpx.Client, url: str, batch: list[Outgoing], attempt: int) -> 
             items[o.sop_instance_uid] = Item(o.sop_instance_uid, o.study_instance_uid,
                                              NOT_PREPARED, attempt, f"not sent: {reason}")
             continue
+        # the parts stay plain application/dicom: Orthanc, for one, refuses a part whose
+        # media type has parameters (415); the syntax is named on the multipart type
         parts.append(({"Content-Type": "application/dicom"}, data))
     sending = [o for o in batch if o.sop_instance_uid not in items]
+    syntaxes = {o.transfer_syntax for o in sending}
     if sending:
-        headers = {"Content-Type": related_content_type(boundary, "application/dicom")}
+        one = syntaxes.pop() if len(syntaxes) == 1 else ""
+        headers = {"Content-Type": related_content_type(boundary, "application/dicom",
+                                                        transfer_syntax=one)}
         try:
             r = http.post(url, content=b"".join(related_stream(boundary, parts)),
                           headers=headers)
@@ -152,7 +161,11 @@ def _statuses(r: httpx.Response) -> tuple[dict[str, int], dict[str, int], bool]:
 
     stored = seq(REFERENCED_SOP_SEQUENCE, WARNING_REASON, st.SUCCESS)
     failed = seq(FAILED_SOP_SEQUENCE, FAILURE_REASON, st.PROCESSING_FAILURE)
-    return stored, failed, bool(stored or failed)
+    # a response that has the sequences, even empty, says which instances it stored: one it
+    # does not list was not stored (Orthanc answers 200 with both sequences empty when it
+    # ignored every part, e.g. a part type with parameters)
+    return stored, failed, bool(stored or failed) or any(
+        t in body for t in (REFERENCED_SOP_SEQUENCE, FAILED_SOP_SEQUENCE))
 
 
 def _first(attr: object) -> object:

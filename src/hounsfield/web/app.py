@@ -23,8 +23,8 @@ from hounsfield.archive.archive import Archive
 from hounsfield.config import Settings
 from hounsfield.dicomweb.routes import router as dicomweb_router
 from hounsfield.errors import HounsfieldError, Unauthenticated
-from hounsfield.web import (api, console, jobs_web, models_api, models_console, mpps_web,
-                            rules_web, ups_web, viewer, workitems_web)
+from hounsfield.web import (api, console, destinations_web, jobs_web, models_api, models_console,
+                            mpps_web, rules_web, ups_web, viewer, workitems_web)
 from hounsfield.web.audit_log import AuditMiddleware, AuditWriter
 from hounsfield.web.auth_gate import AuthGate
 from hounsfield.web.auth import default_authenticators, ensure_demo_admin
@@ -114,6 +114,8 @@ def create_app(settings: Settings, archive: Archive) -> FastAPI:
     app.include_router(jobs_web.pages)
     app.include_router(rules_web.api)
     app.include_router(rules_web.pages)
+    app.include_router(destinations_web.api)
+    app.include_router(destinations_web.pages)
     app.include_router(mpps_web.api)
     app.include_router(mpps_web.pages)
     app.include_router(workitems_web.api)
