@@ -54,7 +54,7 @@ class Trigger:
     fired twice is one decision (a crashed router re-fires safely)."""
 
     study_instance_uid: str
-    kind: str                      # stable | mpps | manual | api | console (ups: next)
+    kind: str                      # stable | mpps | ups | manual | api | console
     key: str = ""
     actor: str = "system"
 
