@@ -166,12 +166,12 @@ def test_strict_legacy_pacs_gets_the_legacy_profile_and_refuses_seg_sr(tmp_path)
             archive.close()
 
         # on demand, from the command line: exit 0 for all accepted, 1 with the refusals
-        r = cli(cfg, "export", "preflight", "legacy-pacs", "--json")
+        r = cli(cfg, "destinations", "preflight", "legacy-pacs", "--json")
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["outcome"] == "ok"
-        r = cli(cfg, "export", "preflight", "modern-pacs")
+        r = cli(cfg, "destinations", "preflight", "modern-pacs")
         assert r.returncode == 1 and "refused" in r.stdout and "Segmentation" in r.stdout
-        r = cli(cfg, "export", "preflight", "nowhere")
+        r = cli(cfg, "destinations", "preflight", "nowhere")
         assert r.returncode == 2 and "unknown export destination 'nowhere'" in r.stderr
     finally:
         platform.stop()

@@ -1,8 +1,8 @@
-"""``hounsfield export destinations`` and ``hounsfield export preflight NAME``: the export
+"""``hounsfield destinations list`` and ``hounsfield destinations preflight NAME``: the export
 destinations with their PACS-compatibility profiles, and the pre-flight check on demand (the
 console's destinations page and ``/api/destinations`` do the same).
 
-Exit statuses of ``export preflight``: 0 when everything the profile sends is accepted (or the
+Exit statuses of ``destinations preflight``: 0 when everything the profile sends is accepted (or the
 destination is STOW-RS: not checkable), 1 when something is refused or the destination cannot
 be reached, 2 for other errors (unknown destination, ...).
 """
@@ -22,10 +22,10 @@ export_app = typer.Typer(help="Export destinations: profiles in force and pre-fl
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(export_app, name="export")
+    app.add_typer(export_app, name="destinations")
 
 
-@export_app.command("destinations")
+@export_app.command("list")
 def destinations_cmd(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,

@@ -1,6 +1,6 @@
 """Pre-flight check of an export destination: does it accept what its profile sends?
 
-Before the first send to a DIMSE destination (and on demand: ``hounsfield export preflight
+Before the first send to a DIMSE destination (and on demand: ``hounsfield destinations preflight
 NAME``, the console's destinations page), Hounsfield opens one association proposing every SOP
 class the destination's profile may send (:data:`~hounsfield.pacs.profiles.
 RESULT_SOP_CLASSES`), one presentation context per (SOP class, transfer syntax) — the
@@ -280,7 +280,7 @@ def ensure(archive: Archive, name: str) -> Result:
 
 def overview(archive: Archive) -> list[dict]:
     """Every export destination with its profile, effective settings and last pre-flight (the
-    console's destinations page, ``/api/destinations``, ``hounsfield export destinations``)."""
+    console's destinations page, ``/api/destinations``, ``hounsfield destinations list``)."""
     settings = archive.settings
     out = []
     for name in sorted(settings.export.destinations):
