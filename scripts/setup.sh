@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything Hounsfield and its tests need on a fresh Debian machine:
-# Debian packages (dcmtk, Orthanc + DICOMweb plugin, dicom3tools, Chromium, PostgreSQL, Redis, npm),
+# Debian packages (dcmtk, Orthanc + DICOMweb plugin, dicom3tools, Chromium, PostgreSQL, Redis, npm, fonts),
 # a virtual environment in .venv (CPU torch first, then the package), and the OHIF viewer dist.
 # Idempotent: re-running skips what is already there.
 set -euo pipefail
@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-APT_PKGS="dcmtk orthanc orthanc-dicomweb dicom3tools chromium postgresql redis-server"
+# fonts: the PDF summary embeds DejaVu Sans, with Droid Sans Fallback for CJK names (results/pdf.py)
+APT_PKGS="dcmtk orthanc orthanc-dicomweb dicom3tools chromium postgresql redis-server fonts-dejavu-core fonts-droid-fallback"
 # npm: Debian's package only where no npm is on the PATH (a NodeSource nodejs ships its own npm
 # and conflicts with Debian's)
 command -v npm >/dev/null 2>&1 || APT_PKGS="$APT_PKGS npm"
