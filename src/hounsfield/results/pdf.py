@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import logging
 import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
@@ -40,6 +41,10 @@ from hounsfield.results.findings import MeasuredFinding
 from hounsfield.results.sc import key_outlines, label_text, render
 from hounsfield.results.source import SourceSeries, stamp_time
 from hounsfield.results.uids import derive_uid
+
+# fpdf2 subsets the embedded fonts with fontTools, which logs every glyph list at INFO: dozens
+# of lines per PDF in the server's log
+logging.getLogger("fontTools").setLevel(logging.WARNING)
 
 SOP_CLASS = "1.2.840.10008.5.1.4.1.1.104.1"
 SERIES_NUMBER = 9006
