@@ -27,7 +27,7 @@ from hounsfield.config import load_settings
 from hounsfield.imaging import volume_from_datasets
 from hounsfield.results import AIModel, build_results, series_content_key
 from hounsfield.synth.ct import generate_ct
-from tests.e2e.test_ohif_viewer import ARGS, CHROMIUM, WAIT_MS, _requirements
+from tests.e2e.test_ohif_viewer import WAIT_MS, _requirements, ohif_session
 from tests.web_data import to_bytes
 from tests.web_server import LiveServer
 
@@ -104,139 +104,117 @@ STATE_JS = """() => {
 
 
 def test_ohif_hydrates_the_ai_sr_and_overlays_the_seg(server, tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
     live, rs = server
     study_uid = rs.study_instance_uid
     labels = [f.label for f in rs.findings]
     assert labels == [f"Nodule {i}" for i in range(1, N_FINDINGS + 1)]
-    problems: list[str] = []
-    console = open(tmp_path / "console.log", "w")  # noqa: SIM115 - OHIF's console, for failures
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.on("console", lambda m: console.write(f"{m.type}: {m.text}\n"))
-            page.on("response", lambda r: problems.append(f"{r.status} {r.url}")
-                    if r.status >= 500 or ("/dicom-web/" in r.url and r.status >= 400) else None)
-            page.goto(live.url + "/viewer/")
-            page.wait_for_url(re.compile(r".*/login\?next=.*"))
-            page.fill("input[name=username]", "demo")
-            page.fill("input[name=password]", "demo")
-            page.click("button[type=submit]")
-            page.wait_for_url("**/viewer/")
-            page.get_by_text("CT CHEST").first.wait_for(timeout=WAIT_MS)  # OHIF's study list
+    with ohif_session(live.url, tmp_path) as (page, problems, _console):
+        page.get_by_text("CT CHEST").first.wait_for(timeout=WAIT_MS)  # OHIF's study list
 
-            page.goto(f"{live.url}/viewer/viewer?StudyInstanceUIDs={study_uid}")
-            canvas = page.locator("canvas.cornerstone-canvas").first
-            canvas.wait_for(timeout=WAIT_MS)
-            page.get_by_text("I:", exact=False).first.wait_for(timeout=WAIT_MS)
-            page.wait_for_timeout(1500)
-            skip = page.get_by_text("Skip all")
-            if skip.count():
-                skip.first.click()  # OHIF's onboarding tour
-            gray = _shot(canvas).mean(axis=2)
-            page.screenshot(path=str(tmp_path / "ct.png"))
-            assert gray.std() > 20, "the CT viewport is blank"
+        page.goto(f"{live.url}/viewer/viewer?StudyInstanceUIDs={study_uid}")
+        canvas = page.locator("canvas.cornerstone-canvas").first
+        canvas.wait_for(timeout=WAIT_MS)
+        page.get_by_text("I:", exact=False).first.wait_for(timeout=WAIT_MS)
+        page.wait_for_timeout(1500)
+        skip = page.get_by_text("Skip all")
+        if skip.count():
+            skip.first.click()  # OHIF's onboarding tour
+        gray = _shot(canvas).mean(axis=2)
+        page.screenshot(path=str(tmp_path / "ct.png"))
+        assert gray.std() > 20, "the CT viewport is blank"
 
-            # -- the SR: OHIF asks to track, hydrates every group into a PlanarFreehandROI ----
-            page.get_by_text("SR", exact=True).first.dblclick()
-            page.get_by_text("continue tracking measurements").first.wait_for(timeout=WAIT_MS)
-            page.get_by_role("button", name="Yes").click(timeout=WAIT_MS)
+        # -- the SR: OHIF asks to track, hydrates every group into a PlanarFreehandROI ----
+        page.get_by_text("SR", exact=True).first.dblclick()
+        page.get_by_text("continue tracking measurements").first.wait_for(timeout=WAIT_MS)
+        page.get_by_role("button", name="Yes").click(timeout=WAIT_MS)
+        page.get_by_text(re.compile(r"Area: [0-9.]+ mm")).first.wait_for(timeout=WAIT_MS)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(tmp_path / "sr.png"))
+        state = page.evaluate(STATE_JS)
+        assert state["sr"] == [[True, True]], (
+            f"OHIF did not hydrate the SR (rehydratable, hydrated): {state}; console in "
+            f"{tmp_path}")
+        ms = state["measurements"]
+        assert [m["tool"] for m in ms] == ["PlanarFreehandROI"] * N_FINDINGS, ms
+        for f, m in zip(rs.findings, ms, strict=True):
+            assert m["label"].startswith(f.label), (f.label, m)
+            assert f.source_sop_instance_uid in m["image"], (f, m)
+
+        panel = page.locator("[data-cy=trackedMeasurements-panel]")
+        if not panel.count() or not panel.first.is_visible():
+            page.locator("[data-cy=trackedMeasurements-btn]").first.click()
+        rows = panel.first.locator("[data-cy=data-row]")
+        rows.first.wait_for(timeout=WAIT_MS)
+        titles = [t.strip() for t in panel.first.locator(
+            "[data-cy=data-row-title]").all_text_contents()]
+        assert len(titles) == N_FINDINGS, titles
+        for label, title in zip(labels, titles, strict=True):
+            assert title.startswith(label), titles
+
+        areas = _sr_areas(rs.of_kind("SR")[0])
+        assert len(areas) == N_FINDINGS, areas
+        # each measurement, clicked in the panel, is shown on its finding's slice, drawn
+        for i, f in enumerate(rs.findings):
+            rows.nth(i).click()
+            page.wait_for_function(
+                """uid => { const s = window.services; const vp =
+                    s.cornerstoneViewportService.getCornerstoneViewport(
+                        s.viewportGridService.getActiveViewportId());
+                    return vp && (vp.getCurrentImageId() || '').includes(uid); }""",
+                arg=f.source_sop_instance_uid, timeout=WAIT_MS)
             page.get_by_text(re.compile(r"Area: [0-9.]+ mm")).first.wait_for(timeout=WAIT_MS)
-            page.wait_for_timeout(1000)
-            page.screenshot(path=str(tmp_path / "sr.png"))
-            state = page.evaluate(STATE_JS)
-            assert state["sr"] == [[True, True]], (
-                f"OHIF did not hydrate the SR (rehydratable, hydrated): {state}; console in "
-                f"{tmp_path}")
-            ms = state["measurements"]
-            assert [m["tool"] for m in ms] == ["PlanarFreehandROI"] * N_FINDINGS, ms
-            for f, m in zip(rs.findings, ms, strict=True):
-                assert m["label"].startswith(f.label), (f.label, m)
-                assert f.source_sop_instance_uid in m["image"], (f, m)
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(tmp_path / f"sr-{f.number}.png"))
+            drawn = page.locator("svg").filter(has_text="Area").count()
+            assert drawn >= 1, f"{f.label} is not drawn on its slice"
+            # OHIF recomputes the area from the hydrated outline: it is the SR's Area
+            shown = [float(a) for t in page.get_by_text(re.compile(r"Area: [0-9.]+ mm"))
+                     .all_text_contents() for a in re.findall(r"Area: ([0-9.]+) mm", t)]
+            assert any(abs(a - areas[i]) <= 1 for a in shown), (f.label, shown, areas[i])
 
-            panel = page.locator("[data-cy=trackedMeasurements-panel]")
-            if not panel.count() or not panel.first.is_visible():
-                page.locator("[data-cy=trackedMeasurements-btn]").first.click()
-            rows = panel.first.locator("[data-cy=data-row]")
-            rows.first.wait_for(timeout=WAIT_MS)
-            titles = [t.strip() for t in panel.first.locator(
-                "[data-cy=data-row-title]").all_text_contents()]
-            assert len(titles) == N_FINDINGS, titles
-            for label, title in zip(labels, titles, strict=True):
-                assert title.startswith(label), titles
+        # -- the SEG: one segment per finding, overlaid in its colour -----------------------
+        # the CT alone is gray: on finding 1's slice (drawn in green above) nothing is red
+        red_before = _red(_shot(page.locator("canvas.cornerstone-canvas").first))
+        page.get_by_text("SEG", exact=True).first.dblclick()
+        page.get_by_role("button", name="Yes").click(timeout=WAIT_MS)
+        page.wait_for_timeout(2000)
+        page.locator("[data-cy=panelSegmentation-btn]").first.click()
+        for label in labels:  # the Segmentations panel (the measurements say "Nodule n, ...")
+            page.get_by_text(label, exact=True).first.wait_for(timeout=WAIT_MS)
+        # segment 1 (OHIF's default colour 1 is red): clicking it shows its centre slice
+        seg = rs.of_kind("SEG")[0]
+        frames = [str(fr.DerivationImageSequence[0].SourceImageSequence[0]
+                      .ReferencedSOPInstanceUID)
+                  for fr in seg.PerFrameFunctionalGroupsSequence
+                  if fr.SegmentIdentificationSequence[0].ReferencedSegmentNumber == 1]
+        page.get_by_text(labels[0], exact=True).first.click()
+        page.wait_for_function(
+            """uids => { const s = window.services; const vp =
+                s.cornerstoneViewportService.getCornerstoneViewport(
+                    s.viewportGridService.getActiveViewportId());
+                const id = vp && (vp.getCurrentImageId() || '');
+                return !!id && uids.some(u => id.includes(u)); }""",
+            arg=frames, timeout=WAIT_MS)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(tmp_path / "seg.png"))
+        red = _red(_shot(page.locator("canvas.cornerstone-canvas").first))
+        assert red_before < 100 and red > red_before + 300, (
+            f"no SEG overlay visible ({red_before} -> {red} red pixels); "
+            f"screenshots in {tmp_path}")
 
-            areas = _sr_areas(rs.of_kind("SR")[0])
-            assert len(areas) == N_FINDINGS, areas
-            # each measurement, clicked in the panel, is shown on its finding's slice, drawn
-            for i, f in enumerate(rs.findings):
-                rows.nth(i).click()
-                page.wait_for_function(
-                    """uid => { const s = window.services; const vp =
-                        s.cornerstoneViewportService.getCornerstoneViewport(
-                            s.viewportGridService.getActiveViewportId());
-                        return vp && (vp.getCurrentImageId() || '').includes(uid); }""",
-                    arg=f.source_sop_instance_uid, timeout=WAIT_MS)
-                page.get_by_text(re.compile(r"Area: [0-9.]+ mm")).first.wait_for(timeout=WAIT_MS)
-                page.wait_for_timeout(500)
-                page.screenshot(path=str(tmp_path / f"sr-{f.number}.png"))
-                drawn = page.locator("svg").filter(has_text="Area").count()
-                assert drawn >= 1, f"{f.label} is not drawn on its slice"
-                # OHIF recomputes the area from the hydrated outline: it is the SR's Area
-                shown = [float(a) for t in page.get_by_text(re.compile(r"Area: [0-9.]+ mm"))
-                         .all_text_contents() for a in re.findall(r"Area: ([0-9.]+) mm", t)]
-                assert any(abs(a - areas[i]) <= 1 for a in shown), (f.label, shown, areas[i])
-
-            # -- the SEG: one segment per finding, overlaid in its colour -----------------------
-            # the CT alone is gray: on finding 1's slice (drawn in green above) nothing is red
-            red_before = _red(_shot(page.locator("canvas.cornerstone-canvas").first))
-            page.get_by_text("SEG", exact=True).first.dblclick()
-            page.get_by_role("button", name="Yes").click(timeout=WAIT_MS)
-            page.wait_for_timeout(2000)
-            page.locator("[data-cy=panelSegmentation-btn]").first.click()
-            for label in labels:  # the Segmentations panel (the measurements say "Nodule n, ...")
-                page.get_by_text(label, exact=True).first.wait_for(timeout=WAIT_MS)
-            # segment 1 (OHIF's default colour 1 is red): clicking it shows its centre slice
-            seg = rs.of_kind("SEG")[0]
-            frames = [str(fr.DerivationImageSequence[0].SourceImageSequence[0]
-                          .ReferencedSOPInstanceUID)
-                      for fr in seg.PerFrameFunctionalGroupsSequence
-                      if fr.SegmentIdentificationSequence[0].ReferencedSegmentNumber == 1]
-            page.get_by_text(labels[0], exact=True).first.click()
-            page.wait_for_function(
-                """uids => { const s = window.services; const vp =
-                    s.cornerstoneViewportService.getCornerstoneViewport(
-                        s.viewportGridService.getActiveViewportId());
-                    const id = vp && (vp.getCurrentImageId() || '');
-                    return !!id && uids.some(u => id.includes(u)); }""",
-                arg=frames, timeout=WAIT_MS)
-            page.wait_for_timeout(1500)
-            page.screenshot(path=str(tmp_path / "seg.png"))
-            red = _red(_shot(page.locator("canvas.cornerstone-canvas").first))
-            assert red_before < 100 and red > red_before + 300, (
-                f"no SEG overlay visible ({red_before} -> {red} red pixels); "
-                f"screenshots in {tmp_path}")
-
-            # -- the SC key images: secondary captures with the finding burned in ---------------
-            key_uids = [str(d.SOPInstanceUID) for d in rs.of_kind("SC")]
-            page.get_by_text("OT", exact=True).first.dblclick()
-            page.wait_for_function(
-                """uids => { const s = window.services; const vp =
-                    s.cornerstoneViewportService.getCornerstoneViewport(
-                        s.viewportGridService.getActiveViewportId());
-                    const id = vp && (vp.getCurrentImageId() || '');
-                    return !!id && uids.some(u => id.includes(u)); }""",
-                arg=key_uids, timeout=WAIT_MS)
-            page.wait_for_timeout(1500)
-            page.screenshot(path=str(tmp_path / "sc.png"))
-            sc = _shot(page.locator("canvas.cornerstone-canvas").first)
-            assert sc.mean(axis=2).std() > 20, "the key image viewport is blank"
-            assert _coloured(sc) > 200, "the key image shows no burned-in annotation"
-        except Exception:
-            page.screenshot(path=str(tmp_path / "failure.png"))
-            raise
-        finally:
-            browser.close()
-            console.close()
+        # -- the SC key images: secondary captures with the finding burned in ---------------
+        key_uids = [str(d.SOPInstanceUID) for d in rs.of_kind("SC")]
+        page.get_by_text("OT", exact=True).first.dblclick()
+        page.wait_for_function(
+            """uids => { const s = window.services; const vp =
+                s.cornerstoneViewportService.getCornerstoneViewport(
+                    s.viewportGridService.getActiveViewportId());
+                const id = vp && (vp.getCurrentImageId() || '');
+                return !!id && uids.some(u => id.includes(u)); }""",
+            arg=key_uids, timeout=WAIT_MS)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(tmp_path / "sc.png"))
+        sc = _shot(page.locator("canvas.cornerstone-canvas").first)
+        assert sc.mean(axis=2).std() > 20, "the key image viewport is blank"
+        assert _coloured(sc) > 200, "the key image shows no burned-in annotation"
     assert not problems, problems

@@ -28,7 +28,7 @@ from hounsfield.config import load_settings
 from hounsfield.imaging import volume_from_datasets
 from hounsfield.results import AIModel, build_results, series_content_key
 from hounsfield.synth.ct import generate_ct
-from tests.e2e.test_ohif_viewer import ARGS, CHROMIUM, WAIT_MS, _requirements
+from tests.e2e.test_ohif_viewer import WAIT_MS, _requirements, ohif_session
 from tests.web_data import to_bytes
 from tests.web_server import LiveServer
 
@@ -69,54 +69,32 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_ohif_loads_the_legacy_objects_and_shows_the_pdf(server, tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
     live, rs = server
-    problems: list[str] = []
-    console = open(tmp_path / "console.log", "w")  # noqa: SIM115 - OHIF's console, for failures
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.on("console", lambda m: console.write(f"{m.type}: {m.text}\n"))
-            page.on("response", lambda r: problems.append(f"{r.status} {r.url}")
-                    if r.status >= 500 or ("/dicom-web/" in r.url and r.status >= 400) else None)
-            page.goto(live.url + "/viewer/")
-            page.wait_for_url(re.compile(r".*/login\?next=.*"))
-            page.fill("input[name=username]", "demo")
-            page.fill("input[name=password]", "demo")
-            page.click("button[type=submit]")
-            page.wait_for_url("**/viewer/")
-            page.goto(f"{live.url}/viewer/viewer?StudyInstanceUIDs={rs.study_instance_uid}")
-            page.locator("canvas.cornerstone-canvas").first.wait_for(timeout=WAIT_MS)
-            page.wait_for_timeout(2000)
-            skip = page.get_by_text("Skip all")
-            if skip.count():
-                skip.first.click()
-            sets = page.evaluate(SETS_JS)
-            console.write(f"display sets: {sets}\n")
-            by_series = {}
-            for s in sets:
-                by_series.setdefault(s["series"], []).append(s)
-            sc_series = rs.of_kind("SC")[0].SeriesInstanceUID
-            pdf_series = rs.of_kind("PDF")[0].SeriesInstanceUID
-            assert sc_series in by_series, sets
-            assert pdf_series in by_series, sets
-            for kind in ("GSPS", "KOS"):  # listed, loaded, not displayable by this OHIF
-                (ko_pr,) = by_series[rs.of_kind(kind)[0].SeriesInstanceUID]
-                assert ko_pr["n"] == 1, ko_pr
-            (pdf_set,) = by_series[pdf_series]
-            assert "pdf" in pdf_set["handler"].lower() and not pdf_set["unsupported"], pdf_set
-            # the PDF thumbnail opens the document in the viewport
-            page.get_by_text("DOC", exact=True).first.dblclick()
-            doc = page.locator("object[type='application/pdf'], iframe, embed").first
-            doc.wait_for(timeout=WAIT_MS)
-            page.wait_for_timeout(1500)
-            page.screenshot(path=str(tmp_path / "pdf.png"))
-            assert not problems, problems
-        except Exception:
-            page.screenshot(path=str(tmp_path / "failure.png"))
-            raise
-        finally:
-            browser.close()
-            console.close()
+    with ohif_session(live.url, tmp_path) as (page, problems, console):
+        page.goto(f"{live.url}/viewer/viewer?StudyInstanceUIDs={rs.study_instance_uid}")
+        page.locator("canvas.cornerstone-canvas").first.wait_for(timeout=WAIT_MS)
+        page.wait_for_timeout(2000)
+        skip = page.get_by_text("Skip all")
+        if skip.count():
+            skip.first.click()
+        sets = page.evaluate(SETS_JS)
+        console.write(f"display sets: {sets}\n")
+        by_series = {}
+        for s in sets:
+            by_series.setdefault(s["series"], []).append(s)
+        sc_series = rs.of_kind("SC")[0].SeriesInstanceUID
+        pdf_series = rs.of_kind("PDF")[0].SeriesInstanceUID
+        assert sc_series in by_series, sets
+        assert pdf_series in by_series, sets
+        for kind in ("GSPS", "KOS"):  # listed, loaded, not displayable by this OHIF
+            (ko_pr,) = by_series[rs.of_kind(kind)[0].SeriesInstanceUID]
+            assert ko_pr["n"] == 1, ko_pr
+        (pdf_set,) = by_series[pdf_series]
+        assert "pdf" in pdf_set["handler"].lower() and not pdf_set["unsupported"], pdf_set
+        # the PDF thumbnail opens the document in the viewport
+        page.get_by_text("DOC", exact=True).first.dblclick()
+        doc = page.locator("object[type='application/pdf'], iframe, embed").first
+        doc.wait_for(timeout=WAIT_MS)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(tmp_path / "pdf.png"))
+        assert not problems, problems
