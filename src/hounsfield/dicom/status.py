@@ -7,6 +7,8 @@ ErrorComment a peer sees, so the failure reason reaches the sender and the log.
 
 from __future__ import annotations
 
+from pydicom.dataset import Dataset
+
 from hounsfield.errors import (
     DatasetMismatch,
     HounsfieldError,
@@ -95,3 +97,12 @@ def error_comment(reason: str) -> str:
     """ErrorComment (0000,0902) is LO: at most 64 characters, no backslash or control chars."""
     text = "".join(c if c.isprintable() and c != "\\" else " " for c in reason)
     return text[:64]
+
+
+def status_dataset(code: int, comment: str = "") -> Dataset:
+    """The status data set a pynetdicom handler returns: Status, and ErrorComment when given."""
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = error_comment(comment)
+    return ds

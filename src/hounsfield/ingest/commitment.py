@@ -115,19 +115,19 @@ class CommitmentService:
                         why)
             self._audit(calling, peer, audit.Outcome.MAJOR_FAILURE,
                         f"N-ACTION refused (0x{code:04X}): {why}")
-            return _status(code, why), None
+            return st.status_dataset(code, why), None
         rep = check(self.archive, refs)
         rep.transaction_uid = txn
         try:  # the promise to report is durable before it is made
             row_id = self._remember(rep, calling, peer)
         except Exception as exc:  # noqa: BLE001 - no promise then: a failure status
             log.error("cannot record the Storage Commitment request from %s: %s", peer, exc)
-            return _status(st.PROCESSING_FAILURE, f"cannot record the request: {exc}"), None
+            return st.status_dataset(st.PROCESSING_FAILURE, f"cannot record the request: {exc}"), None
         self._audit(calling, peer, audit.Outcome.SUCCESS,
                     f"N-ACTION {txn}: {len(refs)} instance(s) to check, {len(rep.committed)} "
                     f"held, {len(rep.failed)} not")
         self._spawn(assoc, remote, rep, calling, peer, row_id)
-        return _status(st.SUCCESS), None
+        return st.status_dataset(st.SUCCESS), None
 
     def _spawn(self, assoc: Association | None, remote: RemoteNode, rep: sc.Report,
                calling: str, peer: str, row_id: int) -> None:
@@ -299,26 +299,26 @@ class CommitmentService:
         req = event.request
         try:
             if str(req.AffectedSOPClassUID) != sc.PUSH_MODEL:
-                return _status(NO_SUCH_SOP_CLASS, f"N-EVENT-REPORT for SOP class "
+                return st.status_dataset(NO_SUCH_SOP_CLASS, f"N-EVENT-REPORT for SOP class "
                                f"{req.AffectedSOPClassUID} is not served here"), None
             if req.EventTypeID not in (sc.EVENT_SUCCESS, sc.EVENT_FAILURES):
-                return _status(NO_SUCH_EVENT_TYPE, f"Event Type ID {req.EventTypeID} is not a "
+                return st.status_dataset(NO_SUCH_EVENT_TYPE, f"Event Type ID {req.EventTypeID} is not a "
                                "Storage Commitment event (1 or 2)"), None
             report = sc.parse_report(event.event_information, req.EventTypeID)
         except InvalidInput as exc:
             log.warning("Storage Commitment report from %s refused: %s", calling, exc.reason)
-            return _status(INVALID_ARGUMENT_VALUE, exc.reason), None
+            return st.status_dataset(INVALID_ARGUMENT_VALUE, exc.reason), None
         except Exception as exc:  # noqa: BLE001 - undecodable Event Information
-            return _status(st.PROCESSING_FAILURE, f"cannot decode the report: {exc}"), None
+            return st.status_dataset(st.PROCESSING_FAILURE, f"cannot decode the report: {exc}"), None
         if self.report_sink is None:
-            return _status(st.PROCESSING_FAILURE, "this node makes no Storage Commitment "
+            return st.status_dataset(st.PROCESSING_FAILURE, "this node makes no Storage Commitment "
                            "requests (no report handler)"), None
         try:
             code, comment = self.report_sink(self.archive, report, calling_ae=calling, via="new")
         except Exception as exc:  # noqa: BLE001 - the database failing is a status too
             log.exception("recording the Storage Commitment report from %s failed", calling)
-            return _status(st.PROCESSING_FAILURE, f"cannot record the report: {exc}"), None
-        return _status(code, comment), None
+            return st.status_dataset(st.PROCESSING_FAILURE, f"cannot record the report: {exc}"), None
+        return st.status_dataset(code, comment), None
 
     def _audit(self, calling: str, peer: str, outcome: audit.Outcome, detail: str) -> None:
         try:
@@ -334,9 +334,3 @@ def _nodelay(event: evt.Event) -> None:
     nodelay(getattr(event.assoc.dul.socket, "socket", None))
 
 
-def _status(code: int, comment: str = "") -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        ds.ErrorComment = st.error_comment(comment)
-    return ds

@@ -50,7 +50,7 @@ from sqlalchemy.exc import IntegrityError
 from hounsfield import audit
 from hounsfield.archive.archive import Archive
 from hounsfield.archive.models import utcnow
-from hounsfield.dicom.status import error_comment
+from hounsfield.dicom.status import status_dataset
 from hounsfield.dicom.uids import is_lenient_uid
 from hounsfield.ingest.models import PerformedInstance, PerformedProcedureStep
 
@@ -113,10 +113,7 @@ class Answer:
         return self.status == SUCCESS
 
     def status_dataset(self) -> Dataset:
-        ds = Dataset()
-        ds.Status = self.status
-        if self.comment:
-            ds.ErrorComment = error_comment(self.comment)
+        ds = status_dataset(self.status, self.comment)
         if self.error_id is not None:
             ds.ErrorID = self.error_id
         return ds

@@ -289,11 +289,11 @@ class DicomNode:
             data = event.encoded_dataset(include_meta=True)
         except Exception as exc:  # noqa: BLE001 - an undecodable request is a status too
             code, comment = st.store_status(exc)
-            return _status(code, comment)
+            return st.status_dataset(code, comment)
         code, comment = self._store_part10(data, str(req.AffectedSOPClassUID or ""),
                                            str(req.AffectedSOPInstanceUID or ""),
                                            self._peer(event.assoc), self._log(event.assoc))
-        return _status(code, comment)
+        return st.status_dataset(code, comment)
 
     def _store_part10(self, data: bytes, sop_class: str, sop: str, peer: str,
                       lg: _AssocLog, sha256: str | None = None) -> tuple[int, str]:
@@ -404,7 +404,7 @@ class DicomNode:
         for code, comment, ds in self.find_responses(
                 lambda: event.identifier, str(event.request.AffectedSOPClassUID),
                 self._log(event.assoc), lambda: event.is_cancelled):
-            yield (_status(code, comment) if comment else code), ds
+            yield (st.status_dataset(code, comment) if comment else code), ds
 
     def find_responses(self, identifier: Callable[[], Dataset], sop_class: str, lg: _AssocLog,
                        cancelled: Callable[[], bool]) -> Iterator[tuple[int, str, Dataset | None]]:
@@ -472,7 +472,7 @@ class DicomNode:
             items, _level = self._select(event)
         except HounsfieldError as exc:
             yield remote.host, remote.port
-            yield _status(st.QR_IDENTIFIER_MISMATCH, exc.reason), None
+            yield st.status_dataset(st.QR_IDENTIFIER_MISMATCH, exc.reason), None
             return
         holder: dict[str, Association] = {}
 
@@ -495,7 +495,7 @@ class DicomNode:
             items, _level = self._select(event)
         except HounsfieldError as exc:
             yield 0
-            yield _status(st.QR_IDENTIFIER_MISMATCH, exc.reason), None
+            yield st.status_dataset(st.QR_IDENTIFIER_MISMATCH, exc.reason), None
             return
         yield len(items)
         yield from self._suboperations(event, items, lambda: event.assoc, audit.Action.C_GET,
@@ -594,14 +594,6 @@ class _SharedContexts(list):
 
     def __deepcopy__(self, memo: dict) -> list:
         return list(self)
-
-
-def _status(code: int, comment: str = "") -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        ds.ErrorComment = st.error_comment(comment)
-    return ds
 
 
 def wait_until_listening(node: DicomNode, timeout: float = 10.0) -> None:

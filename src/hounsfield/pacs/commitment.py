@@ -110,7 +110,7 @@ def _send_action(archive: Archive, dest: DimseDestination, node, txn: str,  # no
         code, comment = _on_same_association(archive, event)
         if code == st.SUCCESS:
             reported.set()
-        return _status(code, comment), None
+        return st.status_dataset(code, comment), None
 
     context = build_context(sc.PUSH_MODEL, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     try:
@@ -176,14 +176,6 @@ def _on_same_association(archive: Archive, event: evt.Event) -> tuple[int, str]:
     except Exception as exc:  # noqa: BLE001 - an undecodable report is a status, not a crash
         return st.PROCESSING_FAILURE, f"cannot read the Event Information: {exc}"
     return record_report(archive, report, calling_ae=calling, via="same")
-
-
-def _status(code: int, comment: str = "") -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        ds.ErrorComment = st.error_comment(comment)
-    return ds
 
 
 # -- results ---------------------------------------------------------------------------------
