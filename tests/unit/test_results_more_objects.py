@@ -6,10 +6,8 @@ source slices they must reference."""
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import io
 import shutil
-from types import SimpleNamespace
 
 import numpy as np
 import pydicom
@@ -23,18 +21,13 @@ from hounsfield.results.pdf import build_pdf, transliterate
 from hounsfield.results.source import SourceSeries
 from hounsfield.results.sr import planar_outline
 from hounsfield.synth.ct import generate_ct
-from tests.unit.test_results_objects import dciodvfy_errors, part10
+from tests.unit.test_results_objects import WHEN, Finding, dciodvfy_errors, part10
 
 DCIODVFY = shutil.which("dciodvfy")
-WHEN = dt.datetime(2024, 5, 6, 7, 8, 9)
 GSPS_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"
 KOS_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
 PDF_CLASS = "1.2.840.10008.5.1.4.1.1.104.1"
 pypdf = pytest.importorskip("pypdf")
-
-
-def Finding(x: float, y: float, z: float, diameter: float, p: float) -> SimpleNamespace:  # noqa: N802
-    return SimpleNamespace(x_mm=x, y_mm=y, z_mm=z, diameter_mm=diameter, probability=p)
 
 
 @pytest.fixture(scope="module")
