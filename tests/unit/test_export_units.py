@@ -11,7 +11,8 @@ import pytest
 from hounsfield.config import RetryPolicy, load_settings
 from hounsfield.errors import ConfigurationError, InvalidInput
 from hounsfield.pacs import stow
-from hounsfield.pacs.export import classify, destination, kind_of, profile_kinds, slot
+from hounsfield.pacs.export import classify, destination, kind_of, slot
+from hounsfield.pacs.profiles import kinds_for
 from tests.dimse_peers import wait_until
 
 
@@ -92,12 +93,13 @@ def test_classify(status, outcome):
     assert classify(status) == outcome
 
 
-def test_profiles_and_kinds():
-    assert profile_kinds("ai-ready") == {"SEG", "SR"}
-    assert profile_kinds("legacy") == {"SC", "GSPS", "KOS", "PDF"}
-    assert profile_kinds("all") == {"SEG", "SR", "SC", "GSPS", "KOS", "PDF"}
+def test_profiles_and_kinds(tmp_path):
+    s = _settings(tmp_path, {})
+    assert kinds_for(s, "ai-ready") == {"SEG", "SR"}
+    assert kinds_for(s, "legacy") == {"SC", "GSPS", "KOS", "PDF"}
+    assert kinds_for(s, "all") == {"SEG", "SR", "SC", "GSPS", "KOS", "PDF"}
     with pytest.raises(InvalidInput, match="known profiles are ai-ready, legacy, all"):
-        profile_kinds("everything")
+        kinds_for(s, "everything")
     assert kind_of("1.2.840.10008.5.1.4.1.1.66.4") == "SEG"
     assert kind_of("1.2.840.10008.5.1.4.1.1.88.34") == "SR"
     assert kind_of("1.2.840.10008.5.1.4.1.1.7") == kind_of("1.2.840.10008.5.1.4.1.1.7.4") == "SC"

@@ -39,13 +39,11 @@ from hounsfield import audit
 from hounsfield.archive.archive import Archive
 from hounsfield.archive.models import Instance
 from hounsfield.config import (
-    OUTPUT_PROFILES,
     DimseDestination,
     RemoteNode,
     RetryPolicy,
     Settings,
     StowDestination,
-    check_output_profile,
 )
 from hounsfield.dicom import status as st
 from hounsfield.dicom.transfer import accepted_syntaxes, convert, propose_for, propose_syntaxes
@@ -64,7 +62,7 @@ from hounsfield.pacs.models import Delivery
 from hounsfield.pacs.profiles import effective
 
 __all__ = ["RetryPolicy", "acknowledged", "classify", "committed", "deliver", "destination",
-           "kind_of", "pending", "profile_kinds", "slot", "stored"]
+           "kind_of", "pending", "slot", "stored"]
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +90,6 @@ KINDS: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.88.59": "KOS",    # Key Object Selection Document
     "1.2.840.10008.5.1.4.1.1.104.1": "PDF",    # Encapsulated PDF
 }
-
-
-def profile_kinds(profile: str) -> set[str]:
-    """The kinds of a built-in profile: ``ai-ready`` -> {SEG, SR}, ``legacy`` -> {SC, GSPS,
-    KOS, PDF}, ``all`` -> every kind (configured profiles: :func:`hounsfield.pacs.profiles.
-    kinds_for`)."""
-    try:
-        return set(OUTPUT_PROFILES[check_output_profile(profile)])
-    except ValueError as exc:
-        raise InvalidInput(str(exc)) from exc
 
 
 def kind_of(sop_class_uid: str) -> str | None:
